@@ -1,0 +1,179 @@
+"""gRPC interceptors: request ids across services, error → status mapping, an access log.
+
+Server side, every handler runs with ``request_id_var`` set from the caller's ``x-request-id``
+metadata (or a fresh id), domain errors become their precise status, and anything unexpected
+becomes INTERNAL with the request id so a person can find the log line. Client side, the
+current request id is added to every outgoing call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from services.common.errors import RagchatError
+from services.common.logging import request_id_var
+
+REQUEST_ID_KEY = "x-request-id"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+log = logging.getLogger(__name__)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def metadata_value(metadata: Any, key: str) -> str | None:
+    """The first value of ``key`` in gRPC invocation metadata, or None."""
+    for item in metadata or ():
+        name, value = item[0], item[1]
+        if name == key:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
+    if isinstance(error, RagchatError):
+        await context.abort(grpc.StatusCode[error.code], error.message)
+    log.exception("unhandled error in %s", method, exc_info=error)
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error (request id {request_id_var.get()}); see the service log"
+    )
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Sets the request id, maps errors to statuses, logs one line per call."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        incoming = metadata_value(handler_call_details.invocation_metadata, REQUEST_ID_KEY)
+        request_id = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else new_request_id()
+
+        def begin(context: grpc.aio.ServicerContext) -> float:
+            request_id_var.set(request_id)
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            return time.perf_counter()
+
+        def finish(started: float, code: str) -> None:
+            log.info(
+                "rpc",
+                extra={"method": method, "code": code, "ms": round((time.perf_counter() - started) * 1000, 2)},
+            )
+
+        def code_of(error: BaseException) -> str:
+            if isinstance(error, RagchatError):
+                return error.code
+            if isinstance(error, asyncio.CancelledError):
+                return "CANCELLED"
+            if isinstance(error, grpc.aio.AbortError):
+                return "ABORTED_BY_HANDLER"
+            return "INTERNAL"
+
+        if handler.unary_unary or handler.stream_unary:
+            inner_unary = handler.unary_unary or handler.stream_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = begin(context)
+                try:
+                    response = await inner_unary(request, context)
+                except (asyncio.CancelledError, grpc.aio.AbortError) as error:
+                    finish(started, code_of(error))
+                    raise
+                except Exception as error:
+                    finish(started, code_of(error))
+                    await _abort(context, error, method)
+                    raise
+                finish(started, "OK")
+                return response
+
+            factory = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return factory(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = begin(context)
+            try:
+                async for response in inner_stream(request, context):
+                    yield response
+            except (asyncio.CancelledError, grpc.aio.AbortError) as error:
+                finish(started, code_of(error))
+                raise
+            except Exception as error:
+                finish(started, code_of(error))
+                await _abort(context, error, method)
+                raise
+            finish(started, "OK")
+
+        factory = (
+            grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        )
+        return factory(
+            stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    metadata = grpc.aio.Metadata()
+    for key, value in details.metadata or ():
+        metadata.add(key, value)
+    if REQUEST_ID_KEY not in metadata:
+        metadata.add(REQUEST_ID_KEY, request_id_var.get() or new_request_id())
+    return grpc.aio.ClientCallDetails(
+        method=details.method,
+        timeout=details.timeout,
+        metadata=metadata,
+        credentials=details.credentials,
+        wait_for_ready=details.wait_for_ready,
+    )
+
+
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_request_id(details), request)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_request_id(details), request)
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return await continuation(_with_request_id(details), request_iterator)
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return await continuation(_with_request_id(details), request_iterator)
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that carry the current request id to the next service."""
+    return [_UnaryUnary(), _UnaryStream(), _StreamUnary(), _StreamStream()]

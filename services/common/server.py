@@ -1,0 +1,106 @@
+"""The ``grpc.aio`` server bootstrap shared by every service.
+
+The server listens first with health NOT_SERVING, opens its backends, then turns SERVING.
+SIGTERM or SIGINT turns health NOT_SERVING, stops taking new calls, lets in-flight calls
+(streams included) finish within the grace period, then closes the backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from services.common.config import ServerConfig
+from services.common.interceptors import ServerInterceptor
+
+log = logging.getLogger(__name__)
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass
+class ServiceApp:
+    """What a service contributes to the shared server.
+
+    ``service_names`` are the full proto names (for health and reflection); ``register`` adds
+    the servicers; ``start`` opens backends (health stays NOT_SERVING until it returns);
+    ``stop`` closes them after the server has drained.
+    """
+
+    name: str
+    service_names: Sequence[str]
+    register: Callable[[grpc.aio.Server], None]
+    start: Callable[[], Awaitable[None]] = _nothing
+    stop: Callable[[], Awaitable[None]] = _nothing
+
+
+@dataclass
+class GrpcServer:
+    app: ServiceApp
+    config: ServerConfig
+    port: int = 0
+    _server: grpc.aio.Server | None = None
+    _health: HealthServicer = field(default_factory=HealthServicer)
+
+    async def start(self) -> int:
+        """Bind, serve with NOT_SERVING, open the backends, turn SERVING; returns the bound port."""
+        options = [
+            ("grpc.max_send_message_length", self.config.max_message_bytes),
+            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(interceptors=[ServerInterceptor()], options=options)
+        self.app.register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = [*self.app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+        for name in ("", *self.app.service_names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"{self.app.name}: cannot listen on {self.config.host}:{self.config.port}")
+        await server.start()
+        self._server = server
+        log.info("listening", extra={"port": self.port, "host": self.config.host})
+        try:
+            await self.app.start()
+        except BaseException:
+            await server.stop(0)
+            raise
+        for name in ("", *self.app.service_names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"port": self.port})
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        await self._health.enter_graceful_shutdown()
+        log.info("draining", extra={"grace_seconds": self.config.grace_seconds if grace is None else grace})
+        await server.stop(self.config.grace_seconds if grace is None else grace)
+        await self.app.stop()
+        log.info("stopped")
+
+
+async def serve_until_signalled(app: ServiceApp, config: ServerConfig) -> None:
+    """Run ``app`` until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = GrpcServer(app, config)
+    await server.start()
+    await stop.wait()
+    log.info("signal received, shutting down")
+    await server.stop()
