@@ -24,12 +24,12 @@ class AwsConfig:
     @classmethod
     def from_env(cls, env: Env) -> AwsConfig:
         return cls(
-            region=env.optional_str("AWS_REGION") or env.optional_str("AWS_DEFAULT_REGION"),
+            region=env.optional("AWS_REGION") or env.optional("AWS_DEFAULT_REGION"),
             retry_mode=env.choice("AWS_RETRY_MODE", "standard", ("standard", "adaptive", "legacy")),
-            max_attempts=env.int("AWS_MAX_ATTEMPTS", 4, minimum=1, maximum=20),
-            connect_timeout=env.float("AWS_CONNECT_TIMEOUT", 5.0, minimum=0.1, maximum=120.0),
-            read_timeout=env.float("AWS_READ_TIMEOUT", 60.0, minimum=0.1, maximum=900.0),
-            endpoint_url=env.optional_str("AWS_ENDPOINT_URL"),
+            max_attempts=env.integer("AWS_MAX_ATTEMPTS", 4, minimum=1, maximum=20),
+            connect_timeout=env.real("AWS_CONNECT_TIMEOUT", 5.0, minimum=0.1, maximum=120.0),
+            read_timeout=env.real("AWS_READ_TIMEOUT", 60.0, minimum=0.1, maximum=900.0),
+            endpoint_url=env.optional("AWS_ENDPOINT_URL"),
         )
 
 

@@ -34,7 +34,7 @@ class Env:
             return None
         return value.strip()
 
-    def str(self, name: str, default: str | None = None) -> str:
+    def string(self, name: str, default: str | None = None) -> str:
         value = self.raw(name)
         if value is None:
             if default is None:
@@ -42,7 +42,7 @@ class Env:
             return default
         return value
 
-    def optional_str(self, name: str) -> str | None:
+    def optional(self, name: str) -> str | None:
         return self.raw(name)
 
     def _number(self, name: str, default: _T, kind: type[_T], minimum: _T | None, maximum: _T | None) -> _T:
@@ -59,15 +59,13 @@ class Env:
             raise ConfigError(f"{name}={value!r} must be at most {maximum}")
         return number
 
-    def int(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    def integer(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
         return self._number(name, default, int, minimum, maximum)
 
-    def float(
-        self, name: str, default: float, *, minimum: float | None = None, maximum: float | None = None
-    ) -> float:
+    def real(self, name: str, default: float, *, minimum: float | None = None, maximum: float | None = None) -> float:
         return self._number(name, default, float, minimum, maximum)
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         value = self.raw(name)
         if value is None:
             return default
@@ -79,7 +77,7 @@ class Env:
         raise ConfigError(f"{name}={value!r} must be one of true/false, yes/no, on/off, 1/0")
 
     def choice(self, name: str, default: str, choices: Sequence[str]) -> str:
-        value = self.str(name, default).lower()
+        value = self.string(name, default).lower()
         if value not in choices:
             raise ConfigError(f"{name}={value!r} must be one of: {', '.join(choices)}")
         return value
@@ -90,7 +88,7 @@ class Env:
 
     def address(self, name: str, default: str) -> str:
         """A gRPC target ``host:port`` (or any target grpc accepts, such as ``dns:///host:port``)."""
-        value = self.str(name, default)
+        value = self.string(name, default)
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"{name}={value!r} must look like host:port")
@@ -114,11 +112,16 @@ class ServerConfig:
     @classmethod
     def from_env(cls, env: Env, default_port: int) -> ServerConfig:
         return cls(
-            host=env.str("HOST", "127.0.0.1"),
-            port=env.int("PORT", default_port, minimum=0, maximum=65535),
-            grace_seconds=env.float("SHUTDOWN_GRACE_SECONDS", 20.0, minimum=0.0, maximum=600.0),
+            host=env.string("HOST", "127.0.0.1"),
+            port=env.integer("PORT", default_port, minimum=0, maximum=65535),
+            grace_seconds=env.real("SHUTDOWN_GRACE_SECONDS", 20.0, minimum=0.0, maximum=600.0),
             log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
-            max_message_bytes=env.int(
+            max_message_bytes=env.integer(
                 "GRPC_MAX_MESSAGE_BYTES", 32 * 1024 * 1024, minimum=1024 * 1024, maximum=1024 * 1024 * 1024
             ),
         )
+
+
+def data_dir(env: Env, service: str) -> Path:
+    """The service's data folder: ``DATA_DIR``, else ``$RAGCHAT_HOME/<service>``."""
+    return env.path("DATA_DIR", ragchat_home(env) / service)

@@ -73,7 +73,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         def finish(started: float, code: str) -> None:
             log.info(
                 "rpc",
-                extra={"method": method, "code": code, "ms": round((time.perf_counter() - started) * 1000, 2)},
+                extra={
+                    "method": method,
+                    "code": code,
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                },
             )
 
         def code_of(error: BaseException) -> str:
@@ -103,9 +107,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return response
 
             factory = (
-                grpc.unary_unary_rpc_method_handler
-                if handler.unary_unary
-                else grpc.stream_unary_rpc_method_handler
+                grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
             )
             return factory(
                 unary,
