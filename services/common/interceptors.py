@@ -119,8 +119,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = begin(context)
+            responses = inner_stream(request, context)
             try:
-                async for response in inner_stream(request, context):
+                async for response in responses:
                     yield response
             except (asyncio.CancelledError, grpc.aio.AbortError) as error:
                 finish(started, code_of(error))
@@ -129,6 +130,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 finish(started, code_of(error))
                 await _abort(context, error, method)
                 raise
+            finally:
+                # Run the handler's own clean-up now (e.g. cancel its downstream calls, write its
+                # log record), not whenever the garbage collector finalises the generator.
+                await responses.aclose()
             finish(started, "OK")
 
         factory = (

@@ -103,3 +103,20 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
 
 def sentences(text: str) -> list[str]:
     return [text[s:e] for s, e in sentence_spans(text)]
+
+
+_WORD_RE = re.compile(f"[^\\W_{_HANGUL}]+")
+_SYMBOL_RE = re.compile(f"[^\\w\\s{_HANGUL}]")
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative estimate of subword tokens (Llama/GPT-style BPE) when no tokenizer is at hand.
+
+    English averages ~1.3 tokens a word; Hangul syllables are about one token each in Llama 2's
+    vocabulary (often more); punctuation and symbols count half. Errs high, so budgets built on
+    it leave room rather than overflow.
+    """
+    words = len(_WORD_RE.findall(text))
+    hangul = len(_HANGUL_RE.findall(text))
+    symbols = len(_SYMBOL_RE.findall(text))
+    return int(words * 1.3 + hangul * 1.1 + symbols * 0.5) + 1

@@ -1,0 +1,27 @@
+"""Entry point: ``python -m services.gateway``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from services.common.config import ConfigError, Env
+from services.common.logging import setup_logging
+from services.common.server import serve_until_signalled
+from services.gateway.config import GatewayConfig
+from services.gateway.server import build_app
+
+
+def main() -> int:
+    try:
+        config = GatewayConfig.from_env(Env())
+    except ConfigError as error:
+        sys.stderr.write(f"gateway: configuration error: {error}\n")
+        return 2
+    setup_logging("gateway", config.server.log_level)
+    asyncio.run(serve_until_signalled(build_app(config), config.server))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
