@@ -1,0 +1,1 @@
+"""The generation service: a structured prompt in, streamed tokens out, for every model backend."""

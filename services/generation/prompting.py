@@ -1,0 +1,109 @@
+"""Pure prompt rendering shared by every backend that sends a prompt to a model.
+
+The caller (gateway) owns the wording and sends templates; this module fills them in.
+Substitution is a single pass over the *template* only: a placeholder is recognised where
+the template has one, and the inserted values (documents, questions) are never scanned
+again. So braces, "{question}" or "{0}" inside a document or a question come out literally,
+which ``str.format`` (or chained ``str.replace``) would break or re-substitute.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+from services.generation.backends import GenerationInput, Passage
+
+# Used when the request's passage_template is empty.
+DEFAULT_PASSAGE_TEMPLATE = "[{n}] {title}\n{text}"
+PASSAGE_SEPARATOR = "\n\n"
+
+_WORD_RE = re.compile(r"\S+")
+
+
+def substitute(template: str, values: Mapping[str, str]) -> str:
+    """Replace each ``{name}`` of ``template`` whose name is in ``values``, in one pass.
+
+    Other braces are kept as they are; the replacement values are inserted verbatim.
+    """
+    if not values:
+        return template
+    pattern = re.compile("\\{(" + "|".join(re.escape(name) for name in values) + ")\\}")
+    return pattern.sub(lambda match: values[match.group(1)], template)
+
+
+def render_passage(template: str, n: int, passage: Passage) -> str:
+    """One passage: "{n}" its 1-based number, "{page}" empty when the format has no pages."""
+    values = {
+        "n": str(n),
+        "title": passage.title,
+        "page": str(passage.page) if passage.page > 0 else "",
+        "text": passage.text,
+    }
+    return substitute(template or DEFAULT_PASSAGE_TEMPLATE, values)
+
+
+def render_context(passages: Sequence[Passage], passage_template: str) -> str:
+    """Every passage rendered in order, numbered from 1, separated by a blank line."""
+    return PASSAGE_SEPARATOR.join(
+        render_passage(passage_template, n, passage) for n, passage in enumerate(passages, start=1)
+    )
+
+
+def render_user_turn(question: str, passages: Sequence[Passage], user_template: str, passage_template: str) -> str:
+    """The final user turn: ``user_template`` with "{context}" and "{question}" filled in.
+
+    An empty ``user_template`` means the question alone (the contract of GenerateRequest).
+    """
+    if not user_template:
+        return question
+    context = render_context(passages, passage_template) if "{context}" in user_template else ""
+    return substitute(user_template, {"context": context, "question": question})
+
+
+def count_words(text: str) -> int:
+    """Whitespace-separated words: the token estimate of backends without a tokenizer."""
+    return len(_WORD_RE.findall(text))
+
+
+def fit_to_budget(inp: GenerationInput, budget: int, count_tokens: Callable[[str], int]) -> GenerationInput:
+    """``inp`` trimmed until its prompt fits ``budget`` tokens (as counted by ``count_tokens``).
+
+    What goes first, per the contract: the oldest history turns, then the lowest-ranked
+    passages. History restarts at a user turn (chat formats require it). The system prompt
+    and the question are never trimmed; if they alone exceed the budget the result is the
+    input with no history and no passages (the backend decides whether that still fits).
+    """
+
+    def size(candidate: GenerationInput) -> int:
+        turn = render_user_turn(
+            candidate.question, candidate.passages, candidate.user_template, candidate.passage_template
+        )
+        return (
+            count_tokens(candidate.system)
+            + sum(count_tokens(content) for _, content in candidate.history)
+            + count_tokens(turn)
+        )
+
+    current = inp
+    while size(current) > budget and current.history:
+        history = current.history[1:]
+        while history and history[0][0] != "user":  # a conversation restarts with a user turn
+            history = history[1:]
+        current = replace(current, history=history)
+    while size(current) > budget and current.passages:
+        current = replace(current, passages=current.passages[:-1])
+    return current
+
+
+__all__ = [
+    "DEFAULT_PASSAGE_TEMPLATE",
+    "PASSAGE_SEPARATOR",
+    "count_words",
+    "fit_to_budget",
+    "render_context",
+    "render_passage",
+    "render_user_turn",
+    "substitute",
+]
