@@ -19,7 +19,12 @@ def main() -> int:
         sys.stderr.write(f"gateway: configuration error: {error}\n")
         return 2
     setup_logging("gateway", config.server.log_level)
-    asyncio.run(serve_until_signalled(build_app(config), config.server))
+
+    async def serve() -> None:
+        # Channels belong to the running event loop: build inside it.
+        await serve_until_signalled(build_app(config), config.server)
+
+    asyncio.run(serve())
     return 0
 
 
