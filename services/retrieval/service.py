@@ -9,6 +9,7 @@ import grpc.aio
 from ragchat.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 
 from services.common.errors import Cancelled, InvalidArgument
+from services.common.streams import client_cancelled
 from services.retrieval.backends import (
     ChunkRecord,
     DocumentHeader,
@@ -126,19 +127,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
 
 
 async def _ensure_not_cancelled(context: grpc.aio.ServicerContext, doc_id: str) -> None:
-    """Raise Cancelled when the request stream ended because the client cancelled it.
-
-    grpc.aio ends the request iterator the same way for a completed stream (the client
-    half-closed) and a cancelled one; the cancellation reaches the handler only later, as
-    asyncio cancellation, possibly after the write has been committed in its thread. Sending
-    the initial metadata tells them apart now: it fails (``ExecuteBatchError``, an
-    ``InternalError``) on a cancelled call and succeeds when the client awaits the response.
-    """
-    try:
-        await context.send_initial_metadata(())
-    except grpc.aio.InternalError:
+    if await client_cancelled(context):
         log.info("index stream cancelled by the client", extra={"doc_id": doc_id})
-        raise Cancelled(f"the client cancelled the stream of document {doc_id!r}; nothing was indexed") from None
+        raise Cancelled(f"the client cancelled the stream of document {doc_id!r}; nothing was indexed")
 
 
 def _passage_message(passage: Passage) -> common_pb2.Passage:

@@ -40,7 +40,7 @@ class SlowGeneration(generation_pb2_grpc.GenerationServiceServicer):
         self.finished += 1
         yield generation_pb2.GenerateResponse(done=generation_pb2.GenerateDone(usage=common_pb2.Usage()))
 
-    async def Summarize(  # noqa: N802
+    async def Summarize(
         self, request: generation_pb2.SummarizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[generation_pb2.GenerateResponse]:
         raise InvalidArgument("not used here")

@@ -1,0 +1,1 @@
+"""The ingest service: upload, extraction, chunking, indexing and summaries of documents."""

@@ -1,0 +1,156 @@
+"""Ports of the ingest service and the domain records that cross them.
+
+* :class:`BlobStore`: where uploaded files live (local folder now, S3 later).
+* :class:`Indexer`: where chunks go to become searchable (the retrieval service, or a managed index).
+* :class:`Summarizer`: streams a summary of a whole document (the generation service).
+
+Adapters live next to this module; ``server.build_app`` is the one place that picks them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One indexable passage.
+
+    ``page`` is 1-based for paged formats (PDF) and 0 for text and Markdown. ``char_start`` and
+    ``char_end`` are offsets into the extracted text of that page (for page 0: of the whole
+    document), so ``page_text[char_start:char_end] == text``.
+    """
+
+    chunk_id: str
+    text: str
+    page: int
+    heading: str
+    char_start: int
+    char_end: int
+
+
+class DocumentStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    READY = "READY"
+    FAILED = "FAILED"
+    # Internal: a delete is under way; the document is invisible to its owner.
+    DELETING = "DELETING"
+
+
+class Stage(enum.StrEnum):
+    QUEUED = "QUEUED"
+    STORED = "STORED"
+    EXTRACTING = "EXTRACTING"
+    CHUNKING = "CHUNKING"
+    EMBEDDING = "EMBEDDING"
+    INDEXED = "INDEXED"
+    SUMMARISING = "SUMMARISING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Stage.DONE, Stage.FAILED)
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    owner: str
+    title: str
+    source: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    blob_key: str
+    status: DocumentStatus
+    pages: int = 0
+    chunks: int = 0
+    error: str = ""
+    summary: str = ""
+    language: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    doc_id: str
+    owner: str
+    stage: Stage
+    message: str = ""
+    duplicate: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One persisted progress event; ``seq`` orders the events of a job from 1."""
+
+    job_id: str
+    doc_id: str
+    stage: Stage
+    seq: int = 0
+    current: int = 0
+    total: int = 0
+    message: str = ""
+    summary_delta: str = ""
+    error_code: str = ""
+    document: Document | None = None
+
+
+ProgressCallback = Callable[[int], Awaitable[None]]
+
+
+class BlobStore(Protocol):
+    """Bytes by key. Keys look like ``a/b/c`` (letters, digits, ``._-``); they never come from user input."""
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` durably and atomically under ``key`` (replacing any previous value)."""
+        ...
+
+    async def get(self, key: str) -> bytes:
+        """The bytes under ``key``; raises ``services.common.errors.NotFound`` when absent."""
+        ...
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; False when it was not there."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+
+class Indexer(Protocol):
+    async def index(
+        self,
+        owner: str,
+        doc_id: str,
+        title: str,
+        source: str,
+        language: str,
+        chunks: Sequence[Chunk],
+        *,
+        on_progress: ProgressCallback | None = None,
+    ) -> int:
+        """Make ``chunks`` searchable as one document (replacing an earlier version); the number indexed.
+
+        All or nothing: when this raises, none of the chunks is searchable. ``on_progress`` is
+        awaited with the number of chunks sent so far.
+        """
+        ...
+
+    async def delete(self, owner: str, doc_id: str) -> int:
+        """Remove every chunk of the document; the number removed (0 when it was not indexed)."""
+        ...
+
+
+class Summarizer(Protocol):
+    def summarize(self, title: str, sections: Sequence[str], language: str) -> AsyncIterator[str]:
+        """Stream the summary of the whole document (``sections`` in order) piece by piece."""
+        ...

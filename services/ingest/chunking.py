@@ -1,0 +1,125 @@
+"""Split extracted pages into overlapping, token-budgeted chunks at sentence boundaries.
+
+Token counting (no model tokenizer is needed, and none is bundled): every Latin-script word
+or number counts as one token; Hangul (and CJK ideographs and kana), which is written
+without reliable word boundaries, counts one token per two characters of a run (a run of 5
+syllables is 3 tokens). That is close to what a multilingual subword tokenizer produces and
+keeps Korean chunks (~440 syllables at the default 220) in the same size class as English
+ones (~220 words).
+
+Rules:
+* a chunk never spans two pages, nor two Markdown sections (its ``heading`` is the
+  section's heading);
+* chunks are made of whole sentences (:func:`services.common.text.sentence_spans`, which
+  also breaks at paragraph breaks) up to ``target_tokens``; a single sentence longer than
+  that is cut at token boundaries into pieces of at most ``target_tokens``;
+* consecutive chunks of a section share trailing whole sentences of up to
+  ``overlap_tokens`` (a sentence longer than the overlap is not repeated);
+* ``char_start``/``char_end`` are offsets into the page's extracted text
+  (``page.text[char_start:char_end] == chunk.text``); for page 0 (text, Markdown) the page
+  text is the whole document;
+* ``chunk_id`` is ``<doc_id>:<n>``, n counting from 0 through the document.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.common.text import sentence_spans
+from services.ingest.backends import Chunk
+from services.ingest.extraction import Page
+
+_DENSE = "\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+_TOKEN_RE = re.compile(f"[{_DENSE}]{{1,2}}|[^\\W_{_DENSE}]+")
+
+
+@dataclass(frozen=True)
+class _Unit:
+    start: int
+    end: int
+    tokens: int
+
+
+def count_tokens(text: str) -> int:
+    """Approximate tokens: Latin words and numbers count 1, Hangul/CJK 1 per 2 characters."""
+    return sum(1 for _ in _TOKEN_RE.finditer(text))
+
+
+def _split_long(text: str, start: int, end: int, target: int) -> list[_Unit]:
+    """Cut one over-long sentence ``text[start:end]`` into pieces of at most ``target`` tokens."""
+    positions = [match.start() + start for match in _TOKEN_RE.finditer(text, start, end)]
+    units: list[_Unit] = []
+    for first in range(0, len(positions), target):
+        piece_start = start if first == 0 else positions[first]
+        nxt = first + target
+        piece_end = positions[nxt] if nxt < len(positions) else end
+        while piece_end > piece_start and text[piece_end - 1].isspace():
+            piece_end -= 1
+        units.append(_Unit(piece_start, piece_end, min(target, len(positions) - first)))
+    return units
+
+
+def _units(text: str, start: int, end: int, target: int) -> list[_Unit]:
+    units: list[_Unit] = []
+    for s, e in sentence_spans(text[start:end]):
+        tokens = count_tokens(text[start + s : start + e])
+        if tokens > target:
+            units.extend(_split_long(text, start + s, start + e, target))
+        else:
+            units.append(_Unit(start + s, start + e, tokens))
+    return units
+
+
+def _pack(units: Sequence[_Unit], target: int, overlap: int) -> list[tuple[int, int]]:
+    """Greedy packing of units into (first, last-exclusive) index ranges with overlap."""
+    ranges: list[tuple[int, int]] = []
+    i, n = 0, len(units)
+    while i < n:
+        j, total = i, 0
+        while j < n and (j == i or total + units[j].tokens <= target):
+            total += units[j].tokens
+            j += 1
+        ranges.append((i, j))
+        if j >= n:
+            break
+        k, shared = j, 0
+        while k - 1 > i and shared + units[k - 1].tokens <= overlap:
+            shared += units[k - 1].tokens
+            k -= 1
+        i = k
+    return ranges
+
+
+def chunk_pages(
+    doc_id: str,
+    pages: Sequence[Page],
+    *,
+    target_tokens: int = 220,
+    overlap_tokens: int = 40,
+) -> list[Chunk]:
+    """The chunks of a document's pages, in reading order."""
+    if target_tokens < 1:
+        raise ValueError("target_tokens must be at least 1")
+    if not 0 <= overlap_tokens < target_tokens:
+        raise ValueError("overlap_tokens must be at least 0 and less than target_tokens")
+    chunks: list[Chunk] = []
+    for page in pages:
+        for section in page.sections:
+            units = _units(page.text, section.start, section.end, target_tokens)
+            for first, last in _pack(units, target_tokens, overlap_tokens):
+                if sum(unit.tokens for unit in units[first:last]) == 0:
+                    continue
+                char_start, char_end = units[first].start, units[last - 1].end
+                chunks.append(
+                    Chunk(
+                        chunk_id=f"{doc_id}:{len(chunks)}",
+                        text=page.text[char_start:char_end],
+                        page=page.number,
+                        heading=section.heading,
+                        char_start=char_start,
+                        char_end=char_end,
+                    )
+                )
+    return chunks

@@ -1,0 +1,226 @@
+"""What an uploaded file is: a safe display name, and its type sniffed from its bytes.
+
+The client's file name and declared content type are never trusted: the name is reduced to
+a safe display name (it is never used to build a storage key), and the type is decided by
+the bytes, then checked against the name's extension.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from charset_normalizer import from_bytes
+
+from services.common.errors import InvalidArgument
+
+PDF = "application/pdf"
+TEXT = "text/plain"
+MARKDOWN = "text/markdown"
+
+MAX_FILENAME_CHARS = 200
+_MAX_EXTENSION_CHARS = 16
+
+_EXTENSIONS = {
+    ".pdf": PDF,
+    ".txt": TEXT,
+    ".text": TEXT,
+    ".md": MARKDOWN,
+    ".markdown": MARKDOWN,
+}
+SUPPORTED_TYPES = "PDF (.pdf), plain text (.txt) and Markdown (.md, .markdown)"
+
+# Windows-reserved and shell-hostile characters become "_".
+_RESERVED = re.compile(r'[<>:"|?*]')
+_SPACES = re.compile(r"\s+")
+_DOTS = re.compile(r"\.{2,}")
+
+# Magic numbers, only to tell a person what a rejected file looks like.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF-", "a PDF document"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"PK\x03\x04", "a ZIP archive (or an Office document such as .docx)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"\x7fELF", "a Linux executable"),
+    (b"MZ", "a Windows executable"),
+    (b"\xd0\xcf\x11\xe0", "an old Microsoft Office document"),
+    (b"RIFF", "a RIFF media file"),
+    (b"ID3", "an MP3 audio file"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+)
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+# Legacy encodings tried (by charset-normalizer) when the bytes are not UTF-8 and have no BOM.
+_LEGACY_ENCODINGS = ["cp949", "euc_kr", "cp1252", "latin_1"]
+_ALLOWED_CONTROLS = frozenset("\t\n\r\f\v")
+# Above this share of control characters, decoded "text" is binary data in disguise.
+_MAX_CONTROL_RATIO = 0.005
+
+
+@dataclass(frozen=True)
+class DecodedText:
+    text: str
+    encoding: str
+
+
+@dataclass(frozen=True)
+class FileType:
+    content_type: str
+    # The encoding of a text file ("" for PDF).
+    encoding: str = ""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def format_size(size: int) -> str:
+    """A human size with binary units written the everyday way: 64_172_851 → "61.2 MB"."""
+    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if size >= scale:
+            value = f"{size / scale:.1f}".removesuffix(".0")
+            return f"{value} {unit}"
+    return f"{size} bytes" if size != 1 else "1 byte"
+
+
+def sanitize_filename(raw: str) -> str:
+    """A safe display name: basename only, no control/format characters, no ``..``, ≤ 200 chars.
+
+    Letters of every script (Korean included) are kept; Unicode is NFC-normalised so names
+    from macOS (decomposed Hangul) look the same as others. Raises InvalidArgument when
+    nothing usable is left.
+    """
+    name = unicodedata.normalize("NFC", raw)
+    # Control (Cc) and format (Cf: bidi overrides, zero-width) characters go first, so they
+    # cannot hide a separator or an extension.
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf"))
+    name = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    name = _RESERVED.sub("_", name)
+    name = _SPACES.sub(" ", name)
+    name = _DOTS.sub(".", name)
+    name = name.strip(" .")
+    if not name:
+        raise InvalidArgument(f"file name {raw[:80]!r} has no usable characters; send a plain file name")
+    if len(name) > MAX_FILENAME_CHARS:
+        stem, dot, ext = name.rpartition(".")
+        if dot and stem and 0 < len(ext) < _MAX_EXTENSION_CHARS:
+            name = stem[: MAX_FILENAME_CHARS - len(ext) - 1].rstrip(" .") + "." + ext
+        else:
+            name = name[:MAX_FILENAME_CHARS].rstrip(" .")
+    return name
+
+
+def extension_of(filename: str) -> str:
+    stem, dot, ext = filename.rpartition(".")
+    return f".{ext.lower()}" if dot and stem else ""
+
+
+def stem_of(filename: str) -> str:
+    stem, dot, _ = filename.rpartition(".")
+    return stem if dot and stem else filename
+
+
+def _control_ratio(text: str) -> float:
+    if not text:
+        return 0.0
+    sample = text[:200_000]
+    bad = sum(
+        1 for ch in sample if ch == "\ufffd" or (unicodedata.category(ch) == "Cc" and ch not in _ALLOWED_CONTROLS)
+    )
+    return bad / len(sample)
+
+
+def _is_text(text: str) -> bool:
+    return "\x00" not in text and _control_ratio(text) <= _MAX_CONTROL_RATIO
+
+
+def decode_text(data: bytes) -> DecodedText | None:
+    """Decode text bytes: BOM (UTF-8/16/32), then UTF-8, then CP949/EUC-KR/CP1252/Latin-1.
+
+    None when the bytes are not text (NUL bytes, binary garbage, or no encoding fits).
+    """
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                text = data[len(bom) :].decode(encoding)
+            except UnicodeDecodeError:
+                return None
+            return DecodedText(text, encoding) if _is_text(text) else None
+    if b"\x00" in data:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        return DecodedText(text, "utf-8") if _is_text(text) else None
+    best = from_bytes(data, cp_isolation=_LEGACY_ENCODINGS).best()
+    if best is None:
+        return None
+    text = str(best)
+    return DecodedText(text, best.encoding) if _is_text(text) else None
+
+
+def describe(data: bytes) -> str:
+    """What the bytes look like, for messages: "a PNG image", "text", "binary data"."""
+    for magic, what in _MAGIC:
+        if data.startswith(magic):
+            return what
+    return "text" if decode_text(data[:65_536]) is not None else "binary data"
+
+
+def _looks_like_pdf(data: bytes) -> bool:
+    # The header may follow a little junk (the PDF spec tolerates up to 1 KB).
+    return b"%PDF-" in data[:1024]
+
+
+def sniff(filename: str, data: bytes) -> FileType:
+    """The supported type of ``data`` named ``filename``, or InvalidArgument saying why not.
+
+    The bytes decide; the extension must agree with them. Without an extension, a PDF or
+    text file is accepted as what its bytes are.
+    """
+    ext = extension_of(filename)
+    expected = _EXTENSIONS.get(ext)
+    if ext and expected is None:
+        what = describe(data)
+        raise InvalidArgument(
+            f"{filename}: unsupported file type {ext} ({what}); supported types are {SUPPORTED_TYPES}"
+        )
+    if expected == PDF or (not ext and _looks_like_pdf(data)):
+        if not _looks_like_pdf(data):
+            raise InvalidArgument(
+                f"{filename} is not a PDF: its content looks like {describe(data)}; "
+                "expected a PDF document (starting with %PDF-)"
+            )
+        return FileType(PDF)
+    if _looks_like_pdf(data):
+        raise InvalidArgument(
+            f"{filename} is a PDF document, not {'Markdown' if expected == MARKDOWN else 'plain text'}; "
+            "rename it to .pdf"
+        )
+    decoded = decode_text(data)
+    if decoded is None:
+        kind = "Markdown" if expected == MARKDOWN else "plain text"
+        if not ext:
+            raise InvalidArgument(
+                f"{filename}: unsupported file type ({describe(data)}); supported types are {SUPPORTED_TYPES}"
+            )
+        raise InvalidArgument(
+            f"{filename} is not {kind}: its content looks like {describe(data)}; "
+            f"expected text in UTF-8, UTF-16 (with BOM), CP949/EUC-KR or Latin-1"
+        )
+    return FileType(expected or TEXT, decoded.encoding)

@@ -1,0 +1,191 @@
+"""Run a parser in a separate process with a time limit and an address-space limit.
+
+Parsing untrusted files is the riskiest thing the service does: a malformed PDF can hang,
+exhaust memory or crash native code. Each extraction therefore runs in a fresh child made
+with the "spawn" start method (never a fork of the event loop's process), with
+``RLIMIT_AS`` (memory) and ``RLIMIT_CPU`` (a backstop should the parent die) set in the
+child. The parent supervises it from a worker thread: a child that overruns the time limit
+is killed; a child that dies is reported as a crash. Either way the service carries on.
+
+Parent and child speak over a one-way pipe with tuples:
+``("progress", current, total)``, then ``("result", Extracted)`` or ``("error", code, message)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import multiprocessing
+import resource
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from multiprocessing.connection import Connection
+from typing import Any
+
+from services.ingest.extraction import PARSERS, Extracted, ExtractionError
+
+log = logging.getLogger(__name__)
+
+PageProgress = Callable[[int, int], Awaitable[None]]
+
+_POLL_SECONDS = 0.1
+
+
+def _set_limit(kind: int, soft: int, hard: int) -> None:
+    _, current_hard = resource.getrlimit(kind)
+    if current_hard != resource.RLIM_INFINITY:
+        soft, hard = min(soft, current_hard), min(hard, current_hard)
+    resource.setrlimit(kind, (soft, hard))
+
+
+def _child_main(entry: str, data: bytes, conn: Connection, memory_bytes: int, cpu_seconds: int) -> None:
+    """Entry point of the child process."""
+    try:
+        _set_limit(resource.RLIMIT_AS, memory_bytes, memory_bytes)
+        _set_limit(resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 5)
+        module_name, _, function_name = entry.partition(":")
+        parser = getattr(importlib.import_module(module_name), function_name)
+
+        def progress(current: int, total: int) -> None:
+            conn.send(("progress", current, total))
+
+        result = parser(data, progress)
+        conn.send(("result", result))
+    except ExtractionError as error:
+        conn.send(("error", error.code, error.message))
+    except MemoryError:
+        conn.send(
+            (
+                "error",
+                "RESOURCE_EXHAUSTED",
+                f"extraction needed more than {memory_bytes // (1024 * 1024)} MB of memory (EXTRACT_MEMORY_MB)",
+            )
+        )
+    except Exception as error:
+        conn.send(("error", "INTERNAL", f"extraction failed unexpectedly ({type(error).__name__}: {error})"))
+    finally:
+        conn.close()
+
+
+def _crash_message(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        if -exitcode == signal.SIGKILL:
+            return f"the extraction process was killed ({name}; out of memory?)"
+        return f"the extraction process crashed ({name}); the file may be malformed"
+    return f"the extraction process exited unexpectedly (exit code {exitcode})"
+
+
+class Extractor:
+    """Extracts text from file bytes by content type, each time in a fresh limited child process."""
+
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float,
+        memory_mb: int,
+        parsers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._timeout = timeout_seconds
+        self._memory_bytes = memory_mb * 1024 * 1024
+        self._parsers = dict(PARSERS if parsers is None else parsers)
+        self._context = multiprocessing.get_context("spawn")
+
+    async def extract(self, content_type: str, data: bytes, on_progress: PageProgress | None = None) -> Extracted:
+        """The extracted text; raises :class:`ExtractionError` (code + message) on any failure."""
+        entry = self._parsers.get(content_type)
+        if entry is None:
+            raise ExtractionError("INVALID_ARGUMENT", f"no parser for content type {content_type}")
+        loop = asyncio.get_running_loop()
+        messages: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def forward(message: tuple[Any, ...]) -> None:
+            loop.call_soon_threadsafe(messages.put_nowait, message)
+
+        supervisor = loop.run_in_executor(None, self._supervise, entry, data, forward, stop)
+        try:
+            result = await self._receive(messages, on_progress)
+        except asyncio.CancelledError:
+            # The supervisor sees ``stop`` within a poll interval and kills the child.
+            stop.set()
+            raise
+        except BaseException:
+            stop.set()
+            await supervisor
+            raise
+        await supervisor
+        return result
+
+    @staticmethod
+    async def _receive(messages: asyncio.Queue[tuple[Any, ...]], on_progress: PageProgress | None) -> Extracted:
+        while True:
+            message = await messages.get()
+            if message[0] == "progress":
+                if on_progress is not None:
+                    await on_progress(int(message[1]), int(message[2]))
+            elif message[0] == "result":
+                result = message[1]
+                if not isinstance(result, Extracted):
+                    raise ExtractionError("INTERNAL", "the parser returned something other than extracted text")
+                return result
+            else:
+                raise ExtractionError(str(message[1]), str(message[2]))
+
+    def _supervise(
+        self, entry: str, data: bytes, forward: Callable[[tuple[Any, ...]], None], stop: threading.Event
+    ) -> None:
+        receiver, sender = self._context.Pipe(duplex=False)
+        cpu_seconds = int(self._timeout) + 5
+        process = self._context.Process(
+            target=_child_main,
+            args=(entry, data, sender, self._memory_bytes, cpu_seconds),
+            name="ingest-extract",
+            daemon=True,
+        )
+        started = time.monotonic()
+        try:
+            process.start()
+            sender.close()
+            deadline = started + self._timeout
+            while not stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("extraction timed out", extra={"seconds": self._timeout, "parser": entry})
+                    forward(
+                        (
+                            "error",
+                            "DEADLINE_EXCEEDED",
+                            f"extraction took longer than {self._timeout:g} s (EXTRACT_TIMEOUT_SECONDS) "
+                            "and was stopped",
+                        )
+                    )
+                    return
+                if not receiver.poll(min(remaining, _POLL_SECONDS)):
+                    continue
+                try:
+                    message = receiver.recv()
+                except EOFError:
+                    process.join(5)
+                    log.warning("extraction process died", extra={"exitcode": process.exitcode, "parser": entry})
+                    forward(("error", "INTERNAL", _crash_message(process.exitcode)))
+                    return
+                forward(message)
+                if message[0] != "progress":
+                    return
+        except BaseException as error:  # the supervisor must always answer the waiting coroutine
+            log.exception("extraction supervisor failed")
+            forward(("error", "INTERNAL", f"extraction could not run ({type(error).__name__}: {error})"))
+        finally:
+            receiver.close()
+            if process.is_alive():
+                process.kill()
+            if process.pid is not None:
+                process.join(5)
+            log.debug("extraction finished", extra={"ms": round((time.monotonic() - started) * 1000)})

@@ -1,0 +1,34 @@
+"""Parser entries for the sandbox child that misbehave: hang, hog memory, crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from services.ingest.extraction import Extracted, Page, Section
+
+Progress = Callable[[int, int], None]
+
+
+def sleep_forever(data: bytes, progress: Progress) -> Extracted:
+    progress(1, 100)
+    while True:
+        time.sleep(1)
+
+
+def allocate(data: bytes, progress: Progress) -> Extracted:
+    hoard = [bytearray(64 * 1024 * 1024) for _ in range(64)]  # 4 GB
+    raise AssertionError(f"allocated {len(hoard)} blocks despite the limit")
+
+
+def segfault(data: bytes, progress: Progress) -> Extracted:
+    os.kill(os.getpid(), signal.SIGSEGV)
+    raise AssertionError("unreachable")
+
+
+def echo(data: bytes, progress: Progress) -> Extracted:
+    text = data.decode()
+    progress(1, 1)
+    return Extracted((Page(0, text, (Section(0, len(text), ""),)),), "")

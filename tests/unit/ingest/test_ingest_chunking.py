@@ -1,0 +1,115 @@
+"""The chunker: token budget, sentence boundaries, overlap, pages, headings and offsets."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from services.ingest.chunking import chunk_pages, count_tokens
+from services.ingest.extraction import Page, Section, markdown_sections
+
+
+def page(number: int, text: str) -> Page:
+    return Page(number, text, (Section(0, len(text), ""),))
+
+
+def numbered_sentences(count: int, words: int = 10, prefix: str = "S") -> str:
+    return " ".join(f"{prefix}{n} " + " ".join(["word"] * (words - 2)) + " end." for n in range(count))
+
+
+def test_tokens_are_words_for_latin_script_and_two_characters_for_hangul() -> None:
+    assert count_tokens("The quick brown fox, 42 times!") == 6
+    assert count_tokens("안녕하세요") == 3  # 안녕 / 하세 / 요
+    assert count_tokens("RAG 검색을 합니다.") == 1 + 2 + 2
+    assert count_tokens("... — !!") == 0
+
+
+def test_offsets_point_at_the_chunk_text_and_ids_are_stable() -> None:
+    text = numbered_sentences(60)
+    chunks = chunk_pages("doc1", [page(3, text)], target_tokens=50, overlap_tokens=10)
+    assert len(chunks) > 5
+    for n, chunk in enumerate(chunks):
+        assert chunk.chunk_id == f"doc1:{n}"
+        assert text[chunk.char_start : chunk.char_end] == chunk.text
+        assert chunk.page == 3
+        assert count_tokens(chunk.text) <= 50
+        # Whole sentences only.
+        assert chunk.text.startswith("S") and chunk.text.endswith("end.")
+
+
+def test_consecutive_chunks_overlap_by_whole_sentences_within_the_budget() -> None:
+    text = numbered_sentences(40)
+    chunks = chunk_pages("d", [page(1, text)], target_tokens=50, overlap_tokens=20)
+    for previous, current in itertools.pairwise(chunks):
+        shared = text[current.char_start : previous.char_end]
+        assert current.char_start < previous.char_end, "expected an overlap"
+        assert count_tokens(shared) <= 20
+        assert shared.startswith("S") and shared.endswith("end.")
+    # Everything is covered.
+    assert chunks[0].char_start == 0 and chunks[-1].char_end == len(text)
+
+
+def test_without_overlap_chunks_tile_the_text() -> None:
+    text = numbered_sentences(30)
+    chunks = chunk_pages("d", [page(1, text)], target_tokens=40, overlap_tokens=0)
+    for previous, current in itertools.pairwise(chunks):
+        assert current.char_start == previous.char_end + 1  # the space between sentences
+
+
+def test_a_chunk_never_spans_two_pages() -> None:
+    pages = [page(1, numbered_sentences(3, prefix="A")), page(2, numbered_sentences(3, prefix="B"))]
+    chunks = chunk_pages("d", pages, target_tokens=200, overlap_tokens=40)
+    assert [(chunk.page, chunk.text[0]) for chunk in chunks] == [(1, "A"), (2, "B")]
+    assert chunks[1].char_start == 0  # offsets are per page
+
+
+def test_a_sentence_longer_than_the_target_is_cut_at_word_boundaries() -> None:
+    text = " ".join(f"w{n}" for n in range(130)) + "."
+    chunks = chunk_pages("d", [page(1, text)], target_tokens=50, overlap_tokens=10)
+    assert [count_tokens(chunk.text) for chunk in chunks] == [50, 50, 30]
+    assert chunks[0].text.endswith("w49") and chunks[1].text.startswith("w50")
+    assert chunks[-1].text.endswith("w129.")
+
+
+def test_korean_sentences_are_kept_whole() -> None:
+    sentence = "검색 증강 생성은 사용자의 문서에서 관련 구절을 찾아 답변을 만듭니다."
+    text = " ".join([sentence] * 12)
+    per_sentence = count_tokens(sentence)
+    chunks = chunk_pages("d", [page(0, text)], target_tokens=per_sentence * 3, overlap_tokens=per_sentence)
+    assert len(chunks) > 3
+    for chunk in chunks:
+        assert chunk.text.startswith("검색") and chunk.text.endswith("만듭니다.")
+        assert text[chunk.char_start : chunk.char_end] == chunk.text
+        assert count_tokens(chunk.text) <= per_sentence * 3
+
+
+def test_markdown_headings_become_the_heading_of_the_chunks_below() -> None:
+    text = (
+        "Intro line.\n\n# First\n\nAlpha text. More alpha.\n\n```\n# not a heading\n```\n\n## Second ##\n\nBeta text."
+    )
+    chunks = chunk_pages("d", [Page(0, text, markdown_sections(text))], target_tokens=200, overlap_tokens=0)
+    assert [(chunk.heading, chunk.text) for chunk in chunks] == [
+        ("", "Intro line."),
+        ("First", "Alpha text. More alpha.\n\n```\n# not a heading\n```"),
+        ("Second", "Beta text."),
+    ]
+    for chunk in chunks:
+        assert text[chunk.char_start : chunk.char_end] == chunk.text
+
+
+def test_pages_without_words_make_no_chunks() -> None:
+    assert chunk_pages("d", [page(1, "— * —"), Page(2, "", ())]) == []
+
+
+@pytest.mark.parametrize(("target", "overlap"), [(0, 0), (10, 10), (10, -1)])
+def test_bad_budgets_are_refused(target: int, overlap: int) -> None:
+    with pytest.raises(ValueError, match="tokens"):
+        chunk_pages("d", [page(1, "Text.")], target_tokens=target, overlap_tokens=overlap)
+
+
+def test_a_short_chunk_before_a_long_sentence_is_not_repeated_forever() -> None:
+    long_sentence = " ".join(f"w{n}" for n in range(47)) + " end."
+    text = "Short one here. " + long_sentence
+    chunks = chunk_pages("d", [page(1, text)], target_tokens=50, overlap_tokens=10)
+    assert [chunk.text for chunk in chunks] == ["Short one here.", long_sentence]

@@ -1,0 +1,72 @@
+"""The extraction sandbox: a child process that is killed on overrun and cannot take the service down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from services.ingest.extraction import ExtractionError
+from services.ingest.sandbox import Extractor
+
+HOSTILE = "tests.unit.ingest.ingest_hostile_parsers"
+
+
+def extractor(function: str, *, timeout: float = 10, memory_mb: int = 512) -> Extractor:
+    return Extractor(timeout_seconds=timeout, memory_mb=memory_mb, parsers={"text/plain": f"{HOSTILE}:{function}"})
+
+
+async def test_a_working_parser_returns_its_result_and_progress() -> None:
+    progress: list[tuple[int, int]] = []
+
+    async def on_progress(current: int, total: int) -> None:
+        progress.append((current, total))
+
+    result = await extractor("echo").extract("text/plain", b"hello there", on_progress)
+    assert result.pages[0].text == "hello there"
+    assert progress == [(1, 1)]
+
+
+async def test_a_hanging_parser_is_killed_at_the_time_limit() -> None:
+    started = time.monotonic()
+    with pytest.raises(ExtractionError) as caught:
+        await extractor("sleep_forever", timeout=1).extract("text/plain", b"x")
+    assert time.monotonic() - started < 5
+    assert caught.value.code == "DEADLINE_EXCEEDED"
+    assert caught.value.message == "extraction took longer than 1 s (EXTRACT_TIMEOUT_SECONDS) and was stopped"
+
+
+async def test_a_parser_over_the_memory_limit_fails_cleanly() -> None:
+    with pytest.raises(ExtractionError) as caught:
+        await extractor("allocate", memory_mb=256).extract("text/plain", b"x")
+    assert caught.value.code == "RESOURCE_EXHAUSTED"
+    assert caught.value.message == "extraction needed more than 256 MB of memory (EXTRACT_MEMORY_MB)"
+
+
+async def test_a_crashing_parser_is_reported_and_the_next_extraction_works() -> None:
+    with pytest.raises(ExtractionError) as caught:
+        await extractor("segfault").extract("text/plain", b"x")
+    assert caught.value.code == "INTERNAL"
+    assert caught.value.message == "the extraction process crashed (SIGSEGV); the file may be malformed"
+    assert (await extractor("echo").extract("text/plain", b"still fine")).pages[0].text == "still fine"
+
+
+async def test_cancelling_an_extraction_kills_the_child() -> None:
+    import multiprocessing
+
+    task = asyncio.create_task(extractor("sleep_forever", timeout=60).extract("text/plain", b"x"))
+    while not multiprocessing.active_children():
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 5
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert multiprocessing.active_children() == []
+
+
+async def test_an_unknown_content_type_has_no_parser() -> None:
+    with pytest.raises(ExtractionError, match="no parser for content type image/png"):
+        await Extractor(timeout_seconds=5, memory_mb=512).extract("image/png", b"x")
