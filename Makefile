@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 GENERATED := gen/.generated
 PROTOS := $(wildcard protos/ragchat/v1/*.proto)
 
-.PHONY: all venv gen run test lint typecheck unit integration e2e bench clean
+.PHONY: all venv gen run test lint typecheck unit integration e2e clean
 
 all: gen
 
@@ -54,9 +54,6 @@ e2e: gen
 test: gen
 	$(MAKE) lint typecheck
 	$(BIN)/pytest -q -ra tests
-
-bench: gen
-	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) gen .mypy_cache .ruff_cache .pytest_cache

@@ -73,6 +73,7 @@ def passage_dict(passage: common_pb2.Passage) -> dict[str, Any]:
         "text": passage.text,
         "score": round(float(passage.score), 6),
         "language": passage.language,
+        "citation": passage.citation,
     }
 
 
@@ -113,6 +114,7 @@ def render_passages(passages: Sequence[common_pb2.Passage], *, limit: int = 240)
     """Numbered references: ``[n] title, p. X (score 0.812)`` and an indented excerpt."""
     lines: list[str] = []
     for n, passage in enumerate(passages, start=1):
+        n = passage.citation or n  # the [n] the answer uses for it, when it marks citations
         title = passage.title or passage.source or passage.doc_id
         lines.append(f"[{n}] {title}, {page_text(passage.page)} (score {passage.score:.3f})")
         lines.append(f"    {excerpt(passage.text, limit)}")

@@ -62,6 +62,7 @@ def references_markdown(passages: Sequence[common_pb2.Passage]) -> str:
     """Each reference: title, page and score, then the passage as a quote."""
     blocks = []
     for n, passage in enumerate(passages, start=1):
+        n = passage.citation or n  # the [n] the answer uses for it, when it marks citations
         title = passage.title or passage.source or passage.doc_id
         blocks.append(
             f"**{n}. {md(title)}** · {page_text(passage.page)} · score {passage.score:.3f}\n\n"

@@ -120,3 +120,27 @@ def estimate_tokens(text: str) -> int:
     hangul = len(_HANGUL_RE.findall(text))
     symbols = len(_SYMBOL_RE.findall(text))
     return int(words * 1.3 + hangul * 1.1 + symbols * 0.5) + 1
+
+
+def bounded_sentence_spans(text: str, max_words: int = 60) -> list[tuple[int, int]]:
+    """Sentence spans, with any "sentence" longer than ``max_words`` split further.
+
+    Tables, lists and slides have no sentence punctuation, so a whole page can read as one
+    sentence. Such a span is split at its line breaks (a table row, a list item), and a line
+    that is still too long into windows of ``max_words`` words.
+    """
+    spans: list[tuple[int, int]] = []
+    for start, end in sentence_spans(text):
+        if len(text[start:end].split()) <= max_words:
+            spans.append((start, end))
+            continue
+        offset = start
+        for line in text[start:end].split("\n"):
+            line_start, line_end = offset, offset + len(line)
+            offset = line_end + 1
+            words = list(re.finditer(r"\S+", line))
+            for i in range(0, len(words), max_words):
+                window = words[i : i + max_words]
+                if window:
+                    spans.append((line_start + window[0].start(), line_start + window[-1].end()))
+    return spans

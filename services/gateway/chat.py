@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from services.common.errors import InvalidArgument, NotFound, RagchatError
 from services.common.text import detect_language, estimate_tokens
@@ -291,7 +291,7 @@ class ChatEngine:
         record.backends["model"] = done.model
         record.detail["finish_reason"] = done.finish_reason
         used_ids = set(done.used_chunk_ids)
-        used.extend(p for p in passages if p.chunk_id in used_ids)
+        used.extend(replace(p, citation=n) for n, p in enumerate(passages, start=1) if p.chunk_id in used_ids)
         record.references = [
             {"doc_id": p.doc_id, "chunk_id": p.chunk_id, "page": p.page, "score": round(p.score, 4)} for p in used
         ]

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.channels import open_channel
 from ui.client import GatewayClient
 from ui.supervisor import Suite, SuiteConfig, SuitePorts
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 REPO = Path(__file__).resolve().parents[2]
 PDFS = REPO.parent / "shared" / "data" / "pdfs"
@@ -29,7 +30,7 @@ PAPER = PDFS / "arxiv-2203.06947.pdf"
 RAGCHAT = Path(sys.executable).parent / "ragchat"
 
 
-@pytest.fixture(scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def suite(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Suite]:
     if not PAPER.exists():
         pytest.skip(f"shared data missing: {PAPER}")
@@ -49,7 +50,7 @@ def cli(suite: Suite, *args: str, user: str = "alice") -> subprocess.CompletedPr
     )
 
 
-@pytest.fixture(scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def paper_id(suite: Suite) -> str:
     result = cli(suite, "ingest", str(PAPER))
     assert result.returncode == 0, result.stderr

@@ -20,6 +20,7 @@ class Passage:
     char_start: int = 0
     char_end: int = 0
     language: str = ""
+    citation: int = 0  # the [n] that cites it in the answer (its 1-based position in the prompt)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ def passage_from_proto(p: common_pb2.Passage) -> Passage:
         char_start=p.char_start,
         char_end=p.char_end,
         language=p.language,
+        citation=p.citation,
     )
 
 
@@ -55,6 +56,7 @@ def passage_to_proto(p: Passage) -> common_pb2.Passage:
         char_start=p.char_start,
         char_end=p.char_end,
         language=p.language,
+        citation=p.citation,
     )
 
 

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 
-from services.common.text import detect_language, search_terms, sentence_spans
+from services.common.text import bounded_sentence_spans, detect_language, search_terms
 from services.generation.backends import (
     DoneEvent,
     FinishReason,
@@ -272,7 +272,7 @@ def compose_answer(inp: GenerationInput, settings: ExtractiveSettings) -> Compos
     passage_terms: list[set[str]] = []
     for index, passage in enumerate(inp.passages):
         passage_terms.append(set(_terms(passage.title)))
-        for position, (start, end) in enumerate(sentence_spans(passage.text)):
+        for position, (start, end) in enumerate(bounded_sentence_spans(passage.text)):
             text = _clean_sentence(passage.text[start:end])
             terms = _terms(text)
             if terms:
@@ -353,7 +353,7 @@ class _Candidate:
 def _document_sentences(sections: Sequence[str]) -> list[str]:
     found: list[str] = []
     for section in sections:
-        for start, end in sentence_spans(section):
+        for start, end in bounded_sentence_spans(section):
             text = _clean_sentence(section[start:end])
             if text:
                 found.append(text)

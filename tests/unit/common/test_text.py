@@ -39,3 +39,16 @@ def test_sentences(text: str, expected: list[str]) -> None:
 def test_token_estimate_errs_high() -> None:
     assert estimate_tokens("The quick brown fox jumps over the lazy dog.") >= 10
     assert estimate_tokens("서울은 한국의 수도이다.") >= 10
+
+
+def test_bounded_sentences_split_tables_into_rows_and_long_lines_into_windows() -> None:
+    from services.common.text import bounded_sentence_spans
+
+    table = "State Permit Handgun Long Gun\n" + "\n".join(f"State{i} {i},001 {i},002 {i},003" for i in range(30))
+    rows = [table[s:e] for s, e in bounded_sentence_spans(table, max_words=20)]
+    assert rows[0] == "State Permit Handgun Long Gun"
+    assert rows[5] == "State4 4,001 4,002 4,003"
+    assert len(rows) == 31
+    prose = "A short sentence. " + " ".join(["word"] * 130)
+    spans = bounded_sentence_spans(prose, max_words=60)
+    assert [len(prose[s:e].split()) for s, e in spans] == [3, 60, 60, 10]

@@ -58,8 +58,9 @@ class FakeGenerator:
                     await asyncio.sleep(3600)
                 yield Token(word)
             used = [request.passages[0].chunk_id] if request.passages else []
-            yield Done(prompt_tokens=42, completion_tokens=len(words), finish_reason="stop", used_chunk_ids=used,
-                       model="fake")
+            yield Done(
+                prompt_tokens=42, completion_tokens=len(words), finish_reason="stop", used_chunk_ids=used, model="fake"
+            )
         finally:
             self.closed = True
 
@@ -105,6 +106,7 @@ async def test_a_turn_streams_in_order_persists_and_logs_once(stores) -> None:  
     assert isinstance(refs, chat.ReferencesOut)
     assert done.answer == "Kentucky ran 250,000 checks [1]."
     assert [p.chunk_id for p in refs.passages] == ["d1:0"], "only the passage the answer used is referenced"
+    assert [p.citation for p in refs.passages] == [1], "numbered as the answer's [n] markers number it"
     assert {"condense", "retrieval", "first_token", "generation", "total"} <= set(done.latency_ms)
     assert retriever.queries == [("alice", "How many handgun checks in Kentucky?", 5)]
 
@@ -120,6 +122,18 @@ async def test_a_turn_streams_in_order_persists_and_logs_once(stores) -> None:  
     assert records[0].status == "OK" and records[0].kind == "chat"
     assert records[0].references == [{"doc_id": "d1", "chunk_id": "d1:0", "page": 1, "score": 7.5}]
     assert records[0].completion_tokens == 5 and records[0].prompt_tokens == 42
+
+
+async def test_reference_numbers_match_the_answers_markers(stores) -> None:  # type: ignore[no-untyped-def]
+    class CitesSecond(FakeGenerator):
+        async def generate(self, request: GenerationRequest, *, timeout: float) -> AsyncGenerator[Token | Done, None]:
+            yield Token("Texas ran 100,000 checks [2].")
+            yield Done(1, 1, "stop", [request.passages[1].chunk_id], "fake")
+
+    events = await run_turn(make_engine(stores, FakeRetriever(PASSAGES), CitesSecond()), "Texas handgun checks?")
+    refs = events[-2]
+    assert isinstance(refs, chat.ReferencesOut)
+    assert [(p.chunk_id, p.citation) for p in refs.passages] == [("d1:1", 2)]
 
 
 async def test_follow_up_is_condensed_and_carries_history(stores) -> None:  # type: ignore[no-untyped-def]
@@ -165,8 +179,9 @@ async def test_history_window_is_sized_in_tokens(stores) -> None:  # type: ignor
     ]
 
 
-@pytest.mark.parametrize(("question", "prompts"), [("What is the capital of Peru?", ENGLISH),
-                                                   ("페루의 수도는 어디인가요?", KOREAN)])
+@pytest.mark.parametrize(
+    ("question", "prompts"), [("What is the capital of Peru?", ENGLISH), ("페루의 수도는 어디인가요?", KOREAN)]
+)
 async def test_nothing_relevant_says_so_in_the_question_language(stores, question, prompts) -> None:  # type: ignore[no-untyped-def]
     generator = FakeGenerator()
     events = await run_turn(make_engine(stores, FakeRetriever([]), generator), question)
