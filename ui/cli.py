@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,6 +218,9 @@ async def cmd_ingest(client: GatewayClient, args: argparse.Namespace, out: TextI
             line += "  (duplicate)"
         out.write(line + "\n")
         out.flush()
+        if document.summary:
+            # The summary is for the person at the terminal; stdout keeps one line per document.
+            err.write(textwrap.indent(textwrap.fill(document.summary, 100), "    ") + "\n")
     if failures:
         err.write(f"{done} ingested, {failures} failed\n")
         return EXIT_ERROR

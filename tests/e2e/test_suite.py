@@ -17,6 +17,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from services.common.channels import open_channel
 from ui.client import GatewayClient
@@ -68,6 +69,12 @@ async def test_every_service_is_serving(suite: Suite) -> None:
         response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert response.status == health_pb2.HealthCheckResponse.SERVING, name
         await channel.close()
+    # Reflection: tools like grpcurl can discover the API without the protos.
+    sync_channel = grpc.insecure_channel(f"127.0.0.1:{suite.config.ports.gateway}")
+    services = ProtoReflectionDescriptorDatabase(sync_channel).get_services()
+    sync_channel.close()
+    assert "ragchat.v1.GatewayService" in services
+    assert "grpc.health.v1.Health" in services
 
 
 async def test_ask_streams_a_grounded_answer_with_references(suite: Suite, paper_id: str) -> None:
@@ -90,6 +97,16 @@ async def test_ask_streams_a_grounded_answer_with_references(suite: Suite, paper
     assert all(p.source == PAPER.name and 1 <= p.page <= 10 for p in references)
     assert any("Dilated Conditional Position Encoding" in p.text for p in references)
     assert {"retrieval", "first_token", "total"} <= set(events[-1].done.latency_ms)
+
+    # One request id follows the call through every service's JSON log.
+    request_id = events[0].started.request_id
+    for name in ("gateway", "retrieval", "generation"):
+        lines = [
+            json.loads(line)
+            for line in suite.log_path(name).read_text(encoding="utf-8").splitlines()
+            if line.startswith("{")
+        ]
+        assert any(line.get("request_id") == request_id for line in lines), name
 
 
 async def test_follow_up_and_json_output_and_isolation(suite: Suite, paper_id: str) -> None:

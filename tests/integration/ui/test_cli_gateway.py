@@ -58,6 +58,7 @@ def test_ingest_folder_uploads_every_visible_file_in_chunks(
     assert "alpha.txt  embedding  [####################] 3/3 chunks" in err
     assert err.count("alpha.txt  extracting") == 1
     assert "alpha.txt  done" in err
+    assert "    A summary of Alpha." in err.splitlines(), "each document's summary is shown after it"
 
 
 def test_ingest_reports_each_failure_and_exits_nonzero(
