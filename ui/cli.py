@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     conversations = with_user(commands.add_parser("conversations", help="list your conversations"))
     conversations.add_argument("--json", action="store_true", help="print a JSON array of conversations")
+
+    from ui import evaluate
+
+    evaluate.register(commands)
     return parser
 
 
@@ -164,9 +168,11 @@ async def cmd_ingest(client: GatewayClient, args: argparse.Namespace, out: TextI
     pending: list[_Pending] = []
     # Upload everything first (each call returns once the job is queued), so the server works
     # on the documents while we watch them one by one.
+    from ui.upload import upload_file  # presigned PUT straight to S3 when offered, else the gRPC stream
+
     for path in files:
         try:
-            response = await client.upload(path, title=args.title or "")
+            response = await upload_file(client, path, title=args.title or "")
         except GatewayUnreachable:
             raise
         except GatewayError as error:

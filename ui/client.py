@@ -218,6 +218,20 @@ class GatewayClient:
         )
         return list(response.documents)
 
+    async def create_upload(self, header: gateway_pb2.UploadDocumentHeader) -> ingest_pb2.CreateUploadResponse:
+        """A presigned URL to PUT the file to (FAILED_PRECONDITION when the store takes no direct uploads)."""
+        created: ingest_pb2.CreateUploadResponse = await self._unary(
+            "CreateDocumentUpload", gateway_pb2.CreateDocumentUploadRequest(header=header)
+        )
+        return created
+
+    async def commit_upload(self, upload_id: str) -> ingest_pb2.UploadResponse:
+        """After the PUT: the gateway checks the stored object and queues its ingest job."""
+        committed: ingest_pb2.UploadResponse = await self._unary(
+            "CommitDocumentUpload", gateway_pb2.CommitDocumentUploadRequest(upload_id=upload_id)
+        )
+        return committed
+
     async def get_document(self, doc_id: str) -> common_pb2.Document:
         document: common_pb2.Document = await self._unary("GetDocument", gateway_pb2.DocumentRef(doc_id=doc_id))
         return document

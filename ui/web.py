@@ -1,8 +1,13 @@
-"""A small Gradio web app over the gateway: chat with streaming, uploads with live progress, documents.
+"""The Gradio web app over the gateway: chat, references, documents, conversations, settings, sign-in.
 
 ``python -m ui.web`` serves it on ``UI_HOST:UI_PORT`` (127.0.0.1:7860) against the gateway at
-``GATEWAY_ADDR`` (127.0.0.1:50051). The handlers live in :class:`Handlers` so tests can drive
-them without a browser; :func:`build_app` only wires them to components.
+``GATEWAY_ADDR`` (127.0.0.1:50051). The behaviour lives in :mod:`ui.web_handlers` (tests drive it
+without a browser), the renderings in :mod:`ui.web_render`, the words in :mod:`ui.web_i18n`;
+this module only lays out the components and wires them to the handlers.
+
+The user is asked for a user id when the gateway trusts one (``AUTH_MODE=none``) and for an
+access token otherwise (``static``, ``jwt``); both live in the page, per browser session.
+Labels follow the browser's language (English or Korean).
 """
 
 from __future__ import annotations
@@ -10,297 +15,307 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ragchat.v1 import common_pb2
+import gradio as gr
 
 from services.common.config import ConfigError, Env
 from services.common.logging import setup_logging
-from ui.client import DEFAULT_GATEWAY, GatewayClient, GatewayError, chat_options, default_user
-from ui.format import excerpt, page_text, progress_text, status_word
+from ui.client import DEFAULT_GATEWAY, default_user
+from ui.web_handlers import (
+    AUTH_MODES,
+    Caller,
+    ChatSettings,
+    ClientFactory,
+    ClientPool,
+    ConversationsView,
+    DocumentsView,
+    Handlers,
+    Message,
+)
+from ui.web_i18n import MESSAGES, language_of
+from ui.web_render import document_headers
 
 log = logging.getLogger(__name__)
 
-ClientFactory = Callable[[str], GatewayClient]
-Message = dict[str, Any]
-DOCUMENT_HEADERS = ["Title", "Status", "Pages", "Chunks", "Doc ID", "Source"]
+TOP_K_MAX = 50
 
-_MD_SPECIAL = str.maketrans({ch: "\\" + ch for ch in "\\`*_{}[]<>()#+-.!|"})
-
-
-def md(text: str) -> str:
-    """Text shown literally inside Markdown."""
-    return text.translate(_MD_SPECIAL)
-
-
-class ClientPool:
-    """One gateway client per user id, created on first use (the default client factory)."""
-
-    def __init__(self, target: str, token: str | None = None) -> None:
-        self._target = target
-        self._token = token
-        self._clients: dict[str, GatewayClient] = {}
-
-    def __call__(self, user: str) -> GatewayClient:
-        client = self._clients.get(user)
-        if client is None:
-            client = GatewayClient(self._target, user=user, token=self._token)
-            self._clients[user] = client
-        return client
-
-    async def close(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.close()
+# Local fonts only (no web-font download); Nanum covers Hangul. Korean wraps between words
+# (keep-all) and long unbroken runs still wrap (anywhere) instead of overflowing.
+FONTS = ("system-ui", "NanumGothic", "Nanum Gothic", "Noto Sans CJK KR", "sans-serif")
+CSS = """
+#rc-chat .message, #rc-upload-status, #rc-documents td, .rc-error, .rc-note {
+  word-break: keep-all; overflow-wrap: anywhere;
+}
+.rc-mark { display: inline-block; width: 1.2em; text-align: center; font-weight: 700; }
+.rc-file-done .rc-mark { color: #15803d; }
+.rc-file-failed .rc-mark { color: #b91c1c; }
+.rc-refs { display: flex; flex-direction: column; gap: 0.6em; }
+.rc-ref { border-left: 3px solid var(--color-accent); padding-left: 0.6em; }
+.rc-ref-head { font-size: 0.95em; }
+.rc-ref-n { font-weight: 600; color: var(--color-accent); }
+.rc-ref-text { font-size: 0.92em; }
+.rc-ref-full { font-size: 0.88em; color: var(--body-text-color-subdued); }
+.rc-ref mark, .rc-ref-full mark { background: #ffe58a; color: inherit; padding: 0 0.1em; border-radius: 2px; }
+.rc-ref details summary { cursor: pointer; font-size: 0.85em; color: var(--color-accent); }
+.rc-files { display: flex; flex-direction: column; gap: 0.4em; }
+.rc-file progress { width: 10em; vertical-align: middle; }
+.rc-file-name { font-weight: 600; }
+.rc-file-summary { margin: 0.2em 0 0.4em 1.6em; font-size: 0.9em; color: var(--body-text-color-subdued); }
+.rc-file-failed { color: var(--error-text-color, #b91c1c); }
+.rc-error { color: var(--error-text-color, #b91c1c); font-weight: 500; }
+.rc-note { color: var(--body-text-color-subdued); }
+"""
 
 
-def references_markdown(passages: Sequence[common_pb2.Passage]) -> str:
-    """Each reference: title, page and score, then the passage as a quote."""
-    blocks = []
-    for n, passage in enumerate(passages, start=1):
-        n = passage.citation or n  # the [n] the answer uses for it, when it marks citations
-        title = passage.title or passage.source or passage.doc_id
-        blocks.append(
-            f"**{n}. {md(title)}** · {page_text(passage.page)} · score {passage.score:.3f}\n\n"
-            f"> {md(excerpt(passage.text, 600))}"
-        )
-    return "\n\n".join(blocks)
+def translations() -> Any:
+    """The labels, as Gradio's i18n (translated in the browser, following its language)."""
+    return gr.I18n(**{language: dict(table) for language, table in MESSAGES.items()})
 
 
-def error_text(error: GatewayError) -> str:
-    return f"⚠️ {error.message}"
+def theme() -> Any:
+    return gr.themes.Default(font=list(FONTS), font_mono=["ui-monospace", "DejaVu Sans Mono", "monospace"])
 
 
-@dataclass
-class Handlers:
-    """The app's behaviour, independent of Gradio's components."""
-
-    client_factory: ClientFactory
-
-    def _client(self, user: str) -> GatewayClient:
-        user = (user or "").strip()
-        if not user:
-            raise GatewayError("INVALID_ARGUMENT", "enter a user id first")
-        return self.client_factory(user)
-
-    async def chat(
-        self,
-        question: str,
-        history: list[Message] | None,
-        conversation_id: str,
-        user: str,
-        use_documents: bool = True,
-        show_references: bool = True,
-    ) -> AsyncIterator[tuple[list[Message], str, str]]:
-        """Stream one turn: yields (chat history, conversation id, question box) as the answer grows."""
-        messages = list(history or [])
-        question = (question or "").strip()
-        if not question:
-            yield _snapshot(messages), conversation_id, ""
-            return
-        messages.append({"role": "user", "content": question})
-        answer: Message = {"role": "assistant", "content": ""}
-        yield _snapshot(messages), conversation_id, ""
-        tokens: list[str] = []
-        shown = False
-
-        def show_answer(position: int | None = None) -> None:
-            nonlocal shown
-            if not shown:
-                messages.insert(len(messages) if position is None else position, answer)
-                shown = True
-
-        try:
-            client = self._client(user)
-            options = chat_options(rag=use_documents, references=show_references)
-            async for event in client.chat(question, conversation_id or None, options):
-                kind = event.WhichOneof("event")
-                if kind == "started":
-                    conversation_id = event.started.conversation_id or conversation_id
-                elif kind == "condensed":
-                    condensed = event.condensed.question.strip()
-                    if condensed and condensed != question:
-                        messages.append(
-                            {
-                                "role": "assistant",
-                                "content": condensed,
-                                "metadata": {"title": "Searched for", "status": "done"},
-                            }
-                        )
-                elif kind == "token":
-                    tokens.append(event.token.text)
-                    answer["content"] = "".join(tokens)
-                    show_answer()
-                elif kind == "references":
-                    passages = list(event.references.passages)
-                    if passages:
-                        show_answer()
-                        messages.append(
-                            {
-                                "role": "assistant",
-                                "content": references_markdown(passages),
-                                "metadata": {"title": f"References ({len(passages)})", "status": "done"},
-                            }
-                        )
-                elif kind == "done":
-                    if event.done.answer and event.done.answer != answer["content"]:
-                        answer["content"] = event.done.answer
-                    show_answer(_answer_position(messages))
-                yield _snapshot(messages), conversation_id, ""
-        except GatewayError as error:
-            messages.append({"role": "assistant", "content": error_text(error)})
-            yield _snapshot(messages), conversation_id, ""
-
-    async def upload(self, files: Sequence[str] | None, user: str) -> AsyncIterator[str]:
-        """Upload files one by one; yields a Markdown status: a live line, then each summary."""
-        paths = [Path(f) for f in files or []]
-        if not paths:
-            yield "Choose one or more files first."
-            return
-        finished: list[str] = []
-
-        def status(live: str = "") -> str:
-            return "\n\n".join([*finished, live] if live else finished)
-
-        try:
-            client = self._client(user)
-        except GatewayError as error:
-            yield error_text(error)
-            return
-        for path in paths:
-            name = path.name
-            yield status(f"⏳ {md(name)}: uploading…")
-            try:
-                response = await client.upload(path)
-                document = response.document
-                failure = ""
-                if response.job_id:
-                    async for event in client.watch_job(response.job_id):
-                        if event.stage == common_pb2.INGEST_STAGE_FAILED:
-                            failure = event.message or "ingest failed"
-                        elif event.stage == common_pb2.INGEST_STAGE_DONE and event.HasField("document"):
-                            document = event.document
-                        else:
-                            yield status(f"⏳ {md(progress_text(name, event))}")
-            except GatewayError as error:
-                failure = error.message
-            except OSError as error:
-                failure = f"cannot read the file ({error.strerror or error})"
-            if failure:
-                finished.append(f"❌ **{md(name)}**: {md(failure)}")
-            else:
-                line = f"✅ **{md(document.title or name)}** (`{document.doc_id or response.doc_id}`)"
-                if response.duplicate:
-                    line += " — already uploaded"
-                if document.summary:
-                    line += f"\n\n{md(document.summary)}"
-                finished.append(line)
-            yield status()
-
-    async def documents(self, user: str) -> tuple[list[list[Any]], str]:
-        """Rows for the document table, and a status line (empty, or the error)."""
-        try:
-            documents = await self._client(user).list_documents()
-        except GatewayError as error:
-            return [], error_text(error)
-        rows = [[d.title or d.source, status_word(d.status), d.pages, d.chunks, d.doc_id, d.source] for d in documents]
-        return rows, "" if rows else "No documents yet."
-
-    async def delete(self, doc_id: str, user: str) -> tuple[list[list[Any]], str]:
-        doc_id = (doc_id or "").strip()
-        if not doc_id:
-            rows, _ = await self.documents(user)
-            return rows, "Enter the doc id to delete."
-        try:
-            await self._client(user).delete_document(doc_id)
-        except GatewayError as error:
-            rows, _ = await self.documents(user)
-            return rows, error_text(error)
-        rows, listing_error = await self.documents(user)
-        return rows, listing_error if listing_error.startswith("⚠️") else f"Deleted {md(doc_id)}."
-
-    @staticmethod
-    def new_conversation() -> tuple[list[Message], str, str]:
-        return [], "", ""
+def _caller(user: str | None, token: str | None, request: gr.Request | None) -> Caller:
+    headers = request.headers if request is not None else {}
+    return Caller(user or "", token or "", language_of(headers.get("accept-language")))
 
 
-def _snapshot(messages: list[Message]) -> list[Message]:
-    """A copy per update, so every streamed state stands on its own (Gradio diffs successive ones)."""
-    return [dict(message) for message in messages]
+def _documents_updates(view: DocumentsView) -> tuple[Any, Any, str]:
+    return {"headers": view.headers, "data": view.rows}, gr.update(choices=view.choices, value=None), view.notice
 
 
-def _answer_position(messages: list[Message]) -> int:
-    """Where a late answer goes: before a trailing references block, else at the end."""
-    if messages and (messages[-1].get("metadata") or {}).get("title", "").startswith("References"):
-        return len(messages) - 1
-    return len(messages)
+def _conversations_update(view: ConversationsView) -> tuple[Any, str]:
+    return gr.update(choices=view.choices, value=None), view.notice
 
 
-def build_app(client_factory: ClientFactory, *, default_user_id: str = "") -> Any:
-    """The Gradio Blocks of the app (returned as ``gr.Blocks``); nothing runs until launched."""
-    import gradio as gr
-
-    handlers = Handlers(client_factory)
+def build_app(
+    client_factory: ClientFactory,
+    *,
+    default_user_id: str = "",
+    auth_mode: str = "none",
+    default_top_k: int = 5,
+) -> gr.Blocks:
+    """The app's Blocks; nothing calls the gateway until a page is loaded or an event fires."""
+    if auth_mode not in AUTH_MODES:
+        raise ValueError(f"auth_mode must be one of {AUTH_MODES}, got {auth_mode!r}")
+    handlers = Handlers(client_factory, auth_mode)
+    i18n = translations()
+    token_mode = auth_mode != "none"
 
     async def on_chat(
-        question: str, history: list[Message], conversation_id: str, user: str, use_docs: bool, show_refs: bool
+        question: str,
+        history: list[Message],
+        conversation_id: str,
+        user: str,
+        token: str,
+        rag: bool,
+        references: bool,
+        top_k: float,
+        conversation_mode: bool,
+        request: gr.Request,
     ) -> AsyncIterator[tuple[list[Message], str, str]]:
-        async for update in handlers.chat(question, history, conversation_id, user, use_docs, show_refs):
+        settings = ChatSettings(rag, references, int(top_k), conversation_mode)
+        async for update in handlers.chat(question, history, conversation_id, _caller(user, token, request), settings):
             yield update
 
-    async def on_upload(files: list[str] | None, user: str) -> AsyncIterator[str]:
-        async for update in handlers.upload(files, user):
+    def on_stop(history: list[Message], conversation_id: str, request: gr.Request) -> tuple[list[Message], str]:
+        return handlers.stopped(history, conversation_id, _caller("", "", request))
+
+    async def on_upload(files: list[str] | None, user: str, token: str, request: gr.Request) -> AsyncIterator[str]:
+        async for update in handlers.upload(files, _caller(user, token, request)):
             yield update
 
-    async def on_refresh(user: str) -> tuple[list[list[Any]], str]:
-        return await handlers.documents(user)
+    async def on_documents(user: str, token: str, request: gr.Request) -> tuple[Any, Any, str]:
+        return _documents_updates(await handlers.documents(_caller(user, token, request)))
 
-    async def on_delete(doc_id: str, user: str) -> tuple[list[list[Any]], str]:
-        return await handlers.delete(doc_id, user)
+    async def on_delete_document(
+        doc_id: str | None, user: str, token: str, request: gr.Request
+    ) -> tuple[Any, Any, str]:
+        return _documents_updates(await handlers.delete_document(doc_id, _caller(user, token, request)))
 
-    with gr.Blocks(title="ragchat", analytics_enabled=False) as app:
-        gr.Markdown("## ragchat — chat with your documents")
+    async def on_conversations(user: str, token: str, request: gr.Request) -> tuple[Any, str]:
+        return _conversations_update(await handlers.conversations(_caller(user, token, request)))
+
+    async def on_sign_in(user: str, token: str, request: gr.Request) -> tuple[Any, str]:
+        return _conversations_update(await handlers.sign_in(_caller(user, token, request)))
+
+    async def on_resume(
+        conversation_id: str | None, user: str, token: str, references: bool, request: gr.Request
+    ) -> tuple[list[Message], str, str, str]:
+        resumed = await handlers.resume(conversation_id, _caller(user, token, request), references=references)
+        return resumed.messages, resumed.conversation_id, resumed.title, resumed.notice
+
+    async def on_rename(
+        conversation_id: str | None, title: str, user: str, token: str, request: gr.Request
+    ) -> tuple[Any, str]:
+        view = await handlers.rename(conversation_id, title, _caller(user, token, request))
+        kept = conversation_id if "rc-error" not in view.notice else None
+        return gr.update(choices=view.choices, value=kept), view.notice
+
+    async def on_delete_conversation(
+        conversation_id: str | None, user: str, token: str, request: gr.Request
+    ) -> tuple[Any, str, list[Message], str, str]:
+        view = await handlers.delete_conversation(conversation_id, _caller(user, token, request))
+        return gr.update(choices=view.choices, value=None), view.notice, [], "", ""
+
+    def new_conversation() -> tuple[list[Message], str, str, Any, str]:
+        return [], "", "", gr.update(value=None), ""
+
+    def busy() -> tuple[Any, Any]:
+        return gr.update(visible=False), gr.update(visible=True)
+
+    def idle() -> tuple[Any, Any]:
+        return gr.update(visible=True), gr.update(visible=False)
+
+    app = gr.Blocks(title="ragchat", analytics_enabled=False)
+    with app:
         conversation_id = gr.State("")
-        with gr.Row():
-            user = gr.Textbox(label="User id", value=default_user_id, scale=3)
-            new_chat = gr.Button("New conversation", scale=1)
-        with gr.Tab("Chat"):
-            chatbot = gr.Chatbot(label="Conversation", height=520, feedback_options=None)
+        with gr.Sidebar(open=True, width=330):
+            gr.Markdown(f"### {i18n('app_title')}")
+            user = gr.Textbox(
+                label=i18n("user_id"), value=default_user_id, visible=not token_mode, elem_id="rc-user", max_lines=1
+            )
+            token = gr.Textbox(
+                label=i18n("token"),
+                placeholder=i18n("token_placeholder"),
+                type="password",
+                visible=token_mode,
+                elem_id="rc-token",
+                max_lines=1,
+            )
+            sign_in = gr.Button(i18n("sign_in_button"), visible=token_mode, elem_id="rc-sign-in")
+            new_chat = gr.Button(i18n("new_conversation"), elem_id="rc-new")
+            conversations = gr.Dropdown(
+                label=i18n("conversations"), choices=[], value=None, interactive=True, elem_id="rc-conversations"
+            )
+            conversation_title = gr.Textbox(label=i18n("conversation_title"), max_lines=1, elem_id="rc-conv-title")
             with gr.Row():
-                question = gr.Textbox(
-                    show_label=False, placeholder="Ask a question about your documents…", scale=8, autofocus=True
+                rename = gr.Button(i18n("rename"), size="sm", elem_id="rc-rename")
+                delete_conversation = gr.Button(
+                    i18n("delete_conversation"), size="sm", variant="stop", elem_id="rc-delete-conv"
                 )
-                send = gr.Button("Send", variant="primary", scale=1)
-            with gr.Row():
-                use_docs = gr.Checkbox(value=True, label="Use my documents")
-                show_refs = gr.Checkbox(value=True, label="Show references")
-        with gr.Tab("Documents"):
-            files = gr.File(label="Upload documents", file_count="multiple", type="filepath")
-            upload = gr.Button("Upload", variant="primary")
-            upload_status = gr.Markdown()
-            with gr.Row():
-                refresh = gr.Button("Refresh list")
-                doc_id = gr.Textbox(label="Doc id to delete", scale=3)
-                delete = gr.Button("Delete", variant="stop")
-            docs_status = gr.Markdown()
-            docs = gr.Dataframe(headers=DOCUMENT_HEADERS, interactive=False, wrap=True)
+                refresh_conversations = gr.Button(i18n("refresh"), size="sm", elem_id="rc-refresh-conv")
+            session_notice = gr.HTML(elem_id="rc-session-notice")
+            with gr.Accordion(i18n("settings"), open=True):
+                rag = gr.Checkbox(value=True, label=i18n("use_documents"), elem_id="rc-rag")
+                references = gr.Checkbox(value=True, label=i18n("show_references"), elem_id="rc-refs")
+                top_k = gr.Slider(1, TOP_K_MAX, value=default_top_k, step=1, label=i18n("top_k"), elem_id="rc-top-k")
+                conversation_mode = gr.Checkbox(value=True, label=i18n("conversation_mode"), elem_id="rc-conv-mode")
+        with gr.Tabs():
+            with gr.Tab(i18n("tab_chat"), elem_id="rc-tab-chat"):
+                chatbot = gr.Chatbot(
+                    label=i18n("conversation"),
+                    height="62vh",
+                    buttons=["copy", "copy_all"],
+                    feedback_options=None,
+                    allow_tags=False,
+                    elem_id="rc-chat",
+                )
+                with gr.Row():
+                    question = gr.Textbox(
+                        show_label=False,
+                        placeholder=i18n("question_placeholder"),
+                        scale=8,
+                        autofocus=True,
+                        max_lines=6,
+                        elem_id="rc-question",
+                    )
+                    send = gr.Button(i18n("send"), variant="primary", scale=1, elem_id="rc-send")
+                    stop = gr.Button(i18n("stop"), variant="stop", scale=1, visible=False, elem_id="rc-stop")
+            with gr.Tab(i18n("tab_documents"), elem_id="rc-tab-documents"):
+                files = gr.File(
+                    label=i18n("upload_files"), file_count="multiple", type="filepath", elem_id="rc-files", height=160
+                )
+                upload = gr.Button(i18n("upload"), variant="primary", elem_id="rc-upload")
+                upload_status = gr.HTML(elem_id="rc-upload-status")
+                documents = gr.Dataframe(
+                    headers=document_headers("en"),
+                    label=i18n("your_documents"),
+                    interactive=False,
+                    wrap=True,
+                    elem_id="rc-documents",
+                )
+                with gr.Row():
+                    document = gr.Dropdown(
+                        label=i18n("document_to_delete"), choices=[], value=None, scale=4, elem_id="rc-doc-pick"
+                    )
+                    refresh_documents = gr.Button(i18n("refresh"), scale=1, elem_id="rc-refresh-docs")
+                    delete_document = gr.Button(
+                        i18n("delete_document"), variant="stop", scale=1, elem_id="rc-delete-doc"
+                    )
+                documents_notice = gr.HTML(elem_id="rc-docs-notice")
 
-        chat_inputs = [question, chatbot, conversation_id, user, use_docs, show_refs]
+        who = [user, token]
+        chat_inputs = [question, chatbot, conversation_id, *who, rag, references, top_k, conversation_mode]
         chat_outputs = [chatbot, conversation_id, question]
-        question.submit(on_chat, chat_inputs, chat_outputs, api_name="chat")
-        send.click(on_chat, chat_inputs, chat_outputs, api_visibility="undocumented")
-        new_chat.click(handlers.new_conversation, None, chat_outputs, api_name="new_conversation")
-        upload.click(on_upload, [files, user], upload_status, api_name="upload").then(
-            on_refresh, user, [docs, docs_status], api_visibility="undocumented"
+        conversation_outputs = [conversations, session_notice]
+        chat_events = []
+        for trigger, api in ((question.submit, "chat"), (send.click, None)):
+            started = trigger(busy, None, [send, stop], queue=False, api_visibility="private")
+            chat = started.then(
+                on_chat,
+                chat_inputs,
+                chat_outputs,
+                api_name=api,
+                api_visibility="public" if api else "undocumented",
+            )
+            chat.then(idle, None, [send, stop], api_visibility="private").then(
+                on_conversations, who, conversation_outputs, api_visibility="undocumented"
+            )
+            chat_events.append(chat)
+        # Cancelling the running chat closes its generator, which cancels the gateway's Chat call.
+        # The cut answer is marked once the cancellation is done (marking it in the same event
+        # races with the cancelled event's last update).
+        stop.click(None, None, None, cancels=chat_events).then(
+            on_stop, [chatbot, conversation_id], [chatbot, conversation_id], api_name="stop"
+        ).then(idle, None, [send, stop], api_visibility="private").then(
+            on_conversations, who, conversation_outputs, api_visibility="undocumented"
         )
-        refresh.click(on_refresh, user, [docs, docs_status], api_name="documents")
-        delete.click(on_delete, [doc_id, user], [docs, docs_status], api_name="delete_document")
-        user.submit(on_refresh, user, [docs, docs_status], api_visibility="undocumented")
-        app.load(on_refresh, user, [docs, docs_status], api_visibility="undocumented")
+
+        new_chat.click(
+            new_conversation,
+            None,
+            [chatbot, conversation_id, question, conversations, conversation_title],
+            api_name="new_conversation",
+        )
+        conversations.input(
+            on_resume,
+            [conversations, *who, references],
+            [chatbot, conversation_id, conversation_title, session_notice],
+            api_name="resume",
+        )
+        refresh_conversations.click(on_conversations, who, conversation_outputs, api_name="conversations")
+        rename.click(
+            on_rename, [conversations, conversation_title, *who], conversation_outputs, api_name="rename_conversation"
+        )
+        delete_conversation.click(
+            on_delete_conversation,
+            [conversations, *who],
+            [*conversation_outputs, chatbot, conversation_id, conversation_title],
+            api_name="delete_conversation",
+        )
+        sign_in.click(on_sign_in, who, conversation_outputs, api_name="sign_in").then(
+            on_documents, who, [documents, document, documents_notice], api_visibility="undocumented"
+        )
+        token.submit(on_sign_in, who, conversation_outputs, api_visibility="undocumented")
+
+        document_outputs = [documents, document, documents_notice]
+        upload.click(on_upload, [files, *who], upload_status, api_name="upload").then(
+            on_documents, who, document_outputs, api_visibility="undocumented"
+        )
+        refresh_documents.click(on_documents, who, document_outputs, api_name="documents")
+        delete_document.click(on_delete_document, [document, *who], document_outputs, api_name="delete_document")
+        user.submit(on_documents, who, document_outputs, api_visibility="undocumented").then(
+            on_conversations, who, conversation_outputs, api_visibility="undocumented"
+        )
+        if not token_mode:
+            app.load(on_documents, who, document_outputs, api_visibility="undocumented")
+            app.load(on_conversations, who, conversation_outputs, api_visibility="undocumented")
     return app
 
 
@@ -309,7 +324,8 @@ class WebConfig:
     gateway: str
     host: str
     port: int
-    token: str | None
+    auth_mode: str
+    top_k: int
     log_level: str
 
     @classmethod
@@ -318,7 +334,9 @@ class WebConfig:
             gateway=env.address("GATEWAY_ADDR", DEFAULT_GATEWAY),
             host=env.string("UI_HOST", "127.0.0.1"),
             port=env.integer("UI_PORT", 7860, minimum=1, maximum=65535),
-            token=env.optional("RAGCHAT_TOKEN"),
+            # The same variables as the gateway's (``ragchat up`` passes one environment to all).
+            auth_mode=env.choice("AUTH_MODE", "none", AUTH_MODES),
+            top_k=env.integer("RAG_TOP_K", 5, minimum=1, maximum=TOP_K_MAX),
             log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
         )
 
@@ -336,10 +354,24 @@ def main() -> int:
     setup_logging("ui", config.log_level)
     # SIGTERM (from the supervisor) closes the server like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
-    app = build_app(ClientPool(config.gateway, config.token), default_user_id=default_user())
+    app = build_app(
+        ClientPool(config.gateway),
+        default_user_id=default_user() if config.auth_mode == "none" else "",
+        auth_mode=config.auth_mode,
+        default_top_k=config.top_k,
+    )
     log.info("starting web ui", extra={"host": config.host, "port": config.port, "gateway": config.gateway})
     app.queue(default_concurrency_limit=16)
-    app.launch(server_name=config.host, server_port=config.port, show_error=False, quiet=True, footer_links=[])
+    app.launch(
+        server_name=config.host,
+        server_port=config.port,
+        show_error=False,
+        quiet=True,
+        footer_links=[],
+        i18n=translations(),
+        theme=theme(),
+        css=CSS,
+    )
     return 0
 
 

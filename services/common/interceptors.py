@@ -2,8 +2,10 @@
 
 Server side, every handler runs with ``request_id_var`` set from the caller's ``x-request-id``
 metadata (or a fresh id), domain errors become their precise status, and anything unexpected
-becomes INTERNAL with the request id so a person can find the log line. Client side, the
-current request id is added to every outgoing call.
+becomes INTERNAL with the request id so a person can find the log line. Every call is counted
+and timed (:mod:`services.common.metrics`) and, when tracing is on, is a span
+(:mod:`services.common.tracing`). Client side, the current request id (and trace context) is
+added to every outgoing call.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from services.common import metrics, tracing
 from services.common.errors import RagchatError
 from services.common.logging import request_id_var
 
 REQUEST_ID_KEY = "x-request-id"
+_STATUS_NAMES = frozenset(code.name for code in grpc.StatusCode)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 log = logging.getLogger(__name__)
@@ -65,28 +69,31 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         incoming = metadata_value(handler_call_details.invocation_metadata, REQUEST_ID_KEY)
         request_id = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else new_request_id()
 
+        span: Any = None
+
         def begin(context: grpc.aio.ServicerContext) -> float:
+            nonlocal span
             request_id_var.set(request_id)
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            span = tracing.start_server_span(method, handler_call_details.invocation_metadata)
             return time.perf_counter()
 
         def finish(started: float, code: str) -> None:
-            log.info(
-                "rpc",
-                extra={
-                    "method": method,
-                    "code": code,
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
-                },
-            )
+            elapsed = time.perf_counter() - started
+            log.info("rpc", extra={"method": method, "code": code, "ms": round(elapsed * 1000, 2)})
+            status = code if code in _STATUS_NAMES else "UNKNOWN"
+            metrics.observe_rpc(method, status, elapsed)
+            tracing.end_server_span(span, status)
 
-        def code_of(error: BaseException) -> str:
+        def code_of(error: BaseException, context: grpc.aio.ServicerContext) -> str:
             if isinstance(error, RagchatError):
                 return error.code
             if isinstance(error, asyncio.CancelledError):
                 return "CANCELLED"
             if isinstance(error, grpc.aio.AbortError):
-                return "ABORTED_BY_HANDLER"
+                # The handler called context.abort: the status it chose.
+                code = context.code()
+                return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
             return "INTERNAL"
 
         if handler.unary_unary or handler.stream_unary:
@@ -97,10 +104,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     response = await inner_unary(request, context)
                 except (asyncio.CancelledError, grpc.aio.AbortError) as error:
-                    finish(started, code_of(error))
+                    finish(started, code_of(error, context))
                     raise
                 except Exception as error:
-                    finish(started, code_of(error))
+                    finish(started, code_of(error, context))
                     await _abort(context, error, method)
                     raise
                 finish(started, "OK")
@@ -124,10 +131,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 async for response in responses:
                     yield response
             except (asyncio.CancelledError, grpc.aio.AbortError) as error:
-                finish(started, code_of(error))
+                finish(started, code_of(error, context))
                 raise
             except Exception as error:
-                finish(started, code_of(error))
+                finish(started, code_of(error, context))
                 await _abort(context, error, method)
                 raise
             finally:
@@ -152,6 +159,11 @@ def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCall
         metadata.add(key, value)
     if REQUEST_ID_KEY not in metadata:
         metadata.add(REQUEST_ID_KEY, request_id_var.get() or new_request_id())
+    if tracing.enabled():
+        trace_context: dict[str, str] = {}
+        tracing.inject(trace_context)
+        for key, value in trace_context.items():
+            metadata.add(key, value)
     return grpc.aio.ClientCallDetails(
         method=details.method,
         timeout=details.timeout,

@@ -3,6 +3,8 @@
 The server listens first with health NOT_SERVING, opens its backends, then turns SERVING.
 SIGTERM or SIGINT turns health NOT_SERVING, stops taking new calls, lets in-flight calls
 (streams included) finish within the grace period, then closes the backends.
+``serve_until_signalled`` also serves the Prometheus metrics (``METRICS_PORT``) and turns
+tracing on (``OTEL_ENABLED``) for the life of the server.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common.config import ServerConfig
+from services.common import metrics, tracing
+from services.common.config import Env, ServerConfig
 from services.common.interceptors import ServerInterceptor
+from services.common.metrics import MetricsConfig
+from services.common.tracing import TracingConfig
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +98,33 @@ class GrpcServer:
         log.info("stopped")
 
 
-async def serve_until_signalled(app: ServiceApp, config: ServerConfig) -> None:
-    """Run ``app`` until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve_until_signalled(
+    app: ServiceApp,
+    config: ServerConfig,
+    *,
+    metrics_config: MetricsConfig | None = None,
+    tracing_config: TracingConfig | None = None,
+) -> None:
+    """Run ``app`` until SIGTERM or SIGINT, then shut down gracefully.
+
+    Metrics and tracing settings default to the environment's (``METRICS_PORT``, ``OTEL_ENABLED``).
+    """
+    metrics_config = metrics_config or MetricsConfig.from_env(Env())
+    tracing_config = tracing_config or TracingConfig.from_env(Env())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = GrpcServer(app, config)
-    await server.start()
-    await stop.wait()
-    log.info("signal received, shutting down")
-    await server.stop()
+    endpoint = metrics.serve(config.host, metrics_config.port) if metrics_config.port else None
+    if tracing_config.enabled:
+        tracing.install(app.name)
+    try:
+        server = GrpcServer(app, config)
+        await server.start()
+        await stop.wait()
+        log.info("signal received, shutting down")
+        await server.stop()
+    finally:
+        tracing.shutdown()
+        if endpoint is not None:
+            endpoint.close()

@@ -24,7 +24,11 @@ def main() -> int:
         # Channels belong to the running event loop: build inside it.
         await serve_until_signalled(build_app(config), config.server)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except ConfigError as error:  # e.g. AUTH_TOKENS_FILE unreadable, found while wiring
+        sys.stderr.write(f"gateway: configuration error: {error}\n")
+        return 2
     return 0
 
 

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Sequence
 from dataclasses import dataclass, replace
 
-from services.common.errors import InvalidArgument, NotFound, RagchatError
+from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, RagchatError, Unavailable
 from services.common.text import detect_language, estimate_tokens
 from services.gateway.backends import (
     CallLog,
@@ -146,28 +146,12 @@ class ChatEngine:
     async def turn(
         self, owner: str, request_id: str, conversation_id: str, question: str, options: ChatOptions
     ) -> AsyncGenerator[ChatEvent, None]:
+        """The events of one turn. Exactly one call record is written, whatever happens: also when
+        the turn is refused before it starts (that error is raised), fails later (a ``Failed``
+        event) or is abandoned by its caller."""
         started_at = time.perf_counter()
-        question = question.strip()
-        if not question:
-            raise InvalidArgument("question is empty: type a question")
-        if len(question) > self._config.max_question_chars:
-            raise InvalidArgument(
-                f"question is {len(question)} characters; the limit is {self._config.max_question_chars} "
-                "(MAX_QUESTION_CHARS)"
-            )
-        earlier: list[TurnRecord] = []
-        title = question[:80]
-        if conversation_id:
-            if not _CONVERSATION_ID.match(conversation_id):
-                raise InvalidArgument("conversation_id must be 1-64 letters, digits, '-' or '_'")
-            info = await self._conversations.get(owner, conversation_id)
-            if info is None:
-                raise NotFound(f"no conversation {conversation_id}")
-            title = info.title
-            earlier = await self._conversations.turns(owner, conversation_id)
-        else:
-            conversation_id = uuid.uuid4().hex
         turn_id = uuid.uuid4().hex
+        question = question.strip()
         record = CallRecord(
             call_id=turn_id,
             request_id=request_id,
@@ -178,7 +162,28 @@ class ChatEngine:
             question=question,
             backends={"retrieval": self._retriever.name, "generation": self._generator.name},
         )
+        streaming = False
         try:
+            if not question:
+                raise InvalidArgument("question is empty: type a question")
+            if len(question) > self._config.max_question_chars:
+                raise InvalidArgument(
+                    f"question is {len(question)} characters; the limit is {self._config.max_question_chars} "
+                    "(MAX_QUESTION_CHARS)"
+                )
+            earlier: list[TurnRecord] = []
+            title = question[:80]
+            if conversation_id:
+                if not _CONVERSATION_ID.match(conversation_id):
+                    raise InvalidArgument("conversation_id must be 1-64 letters, digits, '-' or '_'")
+                info = await self._conversations.get(owner, conversation_id)
+                if info is None:
+                    raise NotFound(f"no conversation {conversation_id!r}")
+                title = info.title
+                earlier = await self._conversations.turns(owner, conversation_id)
+            else:
+                conversation_id = record.conversation_id = uuid.uuid4().hex
+            streaming = True
             yield Started(conversation_id=conversation_id, request_id=request_id, turn_id=turn_id)
             used: list[Passage] = []  # per turn: filled by _answer with the passages the answer used
             async for event in self._answer(question, owner, options, earlier, record, started_at, used):
@@ -208,6 +213,8 @@ class ChatEngine:
             )
         except RagchatError as error:
             record.status, record.error = error.code, error.message
+            if not streaming:
+                raise
             log.warning("chat turn failed", extra={"code": error.code, "error": error.message})
             yield Failed(code=error.code, message=error.message)
         except (asyncio.CancelledError, GeneratorExit):
@@ -218,7 +225,23 @@ class ChatEngine:
             raise
         finally:
             record.latency_ms.setdefault("total", round((time.perf_counter() - started_at) * 1000, 2))
-            await _finish_despite_cancellation(self._calls.record(record))
+            await _finish_despite_cancellation(self._write_record(record))
+
+    async def _write_record(self, record: CallRecord) -> None:
+        """Write the call record; a store that fails does not change what the caller was told."""
+        try:
+            await self._calls.record(record)
+        except Exception as error:
+            log.error(
+                "call record could not be written",
+                extra={
+                    "call_id": record.call_id,
+                    "owner": record.owner,
+                    "kind": record.kind,
+                    "status": record.status,
+                    "error": getattr(error, "message", repr(error)),
+                },
+            )
 
     async def _answer(
         self,
@@ -242,15 +265,23 @@ class ChatEngine:
         yield Condensed(standalone)
 
         passages: list[Passage] = []
+        notice = ""
         if options.rag:
             t0 = time.perf_counter()
-            found = await self._retriever.search(
-                owner, standalone, options.top_k, timeout=self._config.retrieval_timeout
-            )
+            try:
+                found = await self._retriever.search(
+                    owner, standalone, options.top_k, timeout=self._config.retrieval_timeout
+                )
+            except (Unavailable, DeadlineExceeded) as error:
+                if self._config.retrieval_unavailable == "fail":
+                    raise
+                log.warning("retrieval failed; answering without documents", extra={"error": error.message})
+                record.detail["retrieval_error"] = f"{error.code}: {error.message}"
+                notice, found = prompts.retrieval_unavailable, []
             record.latency_ms["retrieval"] = round((time.perf_counter() - t0) * 1000, 2)
             passages = [p for p in found if p.score >= self._config.min_relevance]
             record.detail["retrieved"] = len(found)
-            if not passages and self._config.no_answer == "refuse":
+            if not passages and not notice and self._config.no_answer == "refuse":
                 record.answer = prompts.not_found
                 record.detail["finish_reason"] = "no_relevant_documents"
                 record.latency_ms["first_token"] = round((time.perf_counter() - started_at) * 1000, 2)
@@ -270,6 +301,12 @@ class ChatEngine:
         )
         t0 = time.perf_counter()
         pieces: list[str] = []
+        if notice:
+            record.detail["notice"] = "retrieval_unavailable"
+            pieces.append(notice)
+            record.answer = notice
+            record.latency_ms["first_token"] = round((time.perf_counter() - started_at) * 1000, 2)
+            yield TokenOut(notice)
         done: Done | None = None
         async with contextlib.aclosing(
             self._generator.generate(request, timeout=self._config.generation_timeout)
@@ -278,8 +315,7 @@ class ChatEngine:
                 if isinstance(event, Done):
                     done = event
                     continue
-                if not pieces:
-                    record.latency_ms["first_token"] = round((time.perf_counter() - started_at) * 1000, 2)
+                record.latency_ms.setdefault("first_token", round((time.perf_counter() - started_at) * 1000, 2))
                 pieces.append(event.text)
                 record.answer = "".join(pieces)
                 yield TokenOut(event.text)

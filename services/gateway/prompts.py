@@ -16,6 +16,7 @@ class PromptSet:
     user_template: str
     passage_template: str
     not_found: str
+    retrieval_unavailable: str
 
 
 PASSAGE_TEMPLATE = '<document n="{n}" title="{title}" page="{page}">\n{text}\n</document>'
@@ -38,6 +39,10 @@ ENGLISH = PromptSet(
     ),
     passage_template=PASSAGE_TEMPLATE,
     not_found="I could not find anything about that in your documents.",
+    retrieval_unavailable=(
+        "(Note: your documents cannot be searched right now because the retrieval service is unavailable, "
+        "so this answer does not use them.)\n\n"
+    ),
 )
 
 KOREAN = PromptSet(
@@ -57,6 +62,10 @@ KOREAN = PromptSet(
     ),
     passage_template=PASSAGE_TEMPLATE,
     not_found="업로드하신 문서에서 이 질문과 관련된 내용을 찾지 못했습니다.",
+    retrieval_unavailable=(
+        "(안내: 지금은 검색 서비스에 연결할 수 없어 문서를 찾아보지 못했습니다. "
+        "이 답변은 문서를 사용하지 않았습니다.)\n\n"
+    ),
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ from ragchat.v1 import (
     retrieval_pb2,
 )
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, RagchatError
 from services.common.logging import request_id_var
 from services.gateway import chat
 from services.gateway.auth import Authenticator
@@ -28,6 +29,8 @@ from services.gateway.backends.grpc_clients import RetrievalServiceClient, downs
 from services.gateway.config import GatewayConfig
 
 _T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -107,15 +110,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._conversations = conversations
         self._calls = calls
 
-    def _user(self, context: grpc.aio.ServicerContext) -> str:
-        return self._auth.user(context.invocation_metadata())
+    async def _user(self, context: grpc.aio.ServicerContext) -> str:
+        return await self._auth.authenticate(context.invocation_metadata())
 
     # Chat and search
 
     async def Chat(
         self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.ChatEvent]:
-        user = self._user(context)
+        user = await self._user(context)
         o = request.options
         options = self._engine.options(
             rag=o.rag if o.HasField("rag") else None,
@@ -131,7 +134,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Search(
         self, request: gateway_pb2.GatewaySearchRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.SearchResponse:
-        user = self._user(context)
+        user = await self._user(context)
+        record = CallRecord(
+            call_id=uuid.uuid4().hex,
+            request_id=request_id_var.get(),
+            owner=user,
+            kind="search",
+            created_at=time.time(),
+            question=request.query,
+            backends={"retrieval": self._retrieval.name},
+        )
+        started = time.perf_counter()
         try:
             response: retrieval_pb2.SearchResponse = await self._retrieval.stub.Search(
                 retrieval_pb2.SearchRequest(
@@ -143,14 +156,42 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 ),
                 timeout=self._config.retrieval_timeout,
             )
-        except grpc.aio.AioRpcError as error:
-            raise downstream_error("retrieval", error, self._config.retrieval_timeout) from None
+        except grpc.aio.AioRpcError as rpc_error:
+            error = downstream_error("retrieval", rpc_error, self._config.retrieval_timeout)
+            record.status, record.error = error.code, error.message
+            raise error from None
+        else:
+            record.references = [
+                {"doc_id": p.doc_id, "chunk_id": p.chunk_id, "page": p.page, "score": round(p.score, 4)}
+                for p in response.passages
+            ]
+            record.backends["retrieval"] = response.backend or self._retrieval.name
+        finally:
+            record.latency_ms["retrieval"] = record.latency_ms["total"] = round(
+                (time.perf_counter() - started) * 1000, 2
+            )
+            await self._write(record)
         return response
 
     # Documents: proxied to ingest with the caller as owner
 
+    async def _write(self, record: CallRecord) -> None:
+        """Write a call record; a failing store is logged and does not fail the caller's call."""
+        try:
+            await self._calls.record(record)
+        except Exception as error:
+            log.error(
+                "call record could not be written",
+                extra={
+                    "call_id": record.call_id,
+                    "kind": record.kind,
+                    "status": record.status,
+                    "error": getattr(error, "message", repr(error)),
+                },
+            )
+
     async def _log_document_call(self, user: str, kind: str, status: str, error: str, **detail: object) -> None:
-        await self._calls.record(
+        await self._write(
             CallRecord(
                 call_id=uuid.uuid4().hex,
                 request_id=request_id_var.get(),
@@ -167,7 +208,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def UploadDocument(
         self, request_iterator: AsyncIterator[gateway_pb2.UploadDocumentRequest], context: grpc.aio.ServicerContext
     ) -> ingest_pb2.UploadResponse:
-        user = self._user(context)
+        user = await self._user(context)
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("header"):
             raise InvalidArgument("an upload starts with a header message (filename, size), then the file's bytes")
@@ -215,7 +256,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def CreateDocumentUpload(
         self, request: gateway_pb2.CreateDocumentUploadRequest, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.CreateUploadResponse:
-        user = self._user(context)
+        user = await self._user(context)
         h = request.header
         return await self._unary(
             self._ingest.CreateUpload,
@@ -229,34 +270,51 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def CommitDocumentUpload(
         self, request: gateway_pb2.CommitDocumentUploadRequest, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.UploadResponse:
-        user = self._user(context)
-        return await self._unary(
-            self._ingest.CommitUpload, ingest_pb2.CommitUploadRequest(owner=user, upload_id=request.upload_id)
+        user = await self._user(context)
+        try:
+            response: ingest_pb2.UploadResponse = await self._unary(
+                self._ingest.CommitUpload, ingest_pb2.CommitUploadRequest(owner=user, upload_id=request.upload_id)
+            )
+        except RagchatError as error:
+            await self._log_document_call(user, "upload", error.code, error.message, upload_id=request.upload_id)
+            raise
+        await self._log_document_call(
+            user,
+            "upload",
+            "OK",
+            "",
+            upload_id=request.upload_id,
+            doc_id=response.doc_id,
+            job_id=response.job_id,
+            duplicate=response.duplicate,
         )
+        return response
 
     async def WatchIngestJob(
         self, request: gateway_pb2.WatchIngestJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.IngestEvent]:
-        user = self._user(context)
-        call = self._ingest.WatchJob(ingest_pb2.WatchJobRequest(owner=user, job_id=request.job_id))
+        user = await self._user(context)
+        call = self._ingest.WatchJob(
+            ingest_pb2.WatchJobRequest(owner=user, job_id=request.job_id), timeout=self._config.watch_timeout
+        )
         try:
             async for event in call:
                 yield event
         except grpc.aio.AioRpcError as error:
-            raise downstream_error("ingest", error) from None
+            raise downstream_error("ingest", error, self._config.watch_timeout) from None
         finally:
             call.cancel()
 
     async def ListDocuments(
         self, request: gateway_pb2.ListUserDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.ListDocumentsResponse:
-        user = self._user(context)
+        user = await self._user(context)
         return await self._unary(self._ingest.ListDocuments, ingest_pb2.ListDocumentsRequest(owner=user))
 
     async def GetDocument(
         self, request: gateway_pb2.DocumentRef, context: grpc.aio.ServicerContext
     ) -> common_pb2.Document:
-        user = self._user(context)
+        user = await self._user(context)
         return await self._unary(
             self._ingest.GetDocument, ingest_pb2.GetDocumentRequest(owner=user, doc_id=request.doc_id)
         )
@@ -264,14 +322,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def DeleteDocument(
         self, request: gateway_pb2.DocumentRef, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.DeleteDocumentResponse:
-        user = self._user(context)
+        user = await self._user(context)
         try:
             response: ingest_pb2.DeleteDocumentResponse = await self._unary(
                 self._ingest.DeleteDocument, ingest_pb2.DeleteDocumentRequest(owner=user, doc_id=request.doc_id)
             )
-        except Exception as error:
-            code = getattr(error, "code", "INTERNAL")
-            await self._log_document_call(user, "delete_document", str(code), str(error), doc_id=request.doc_id)
+        except RagchatError as error:
+            await self._log_document_call(user, "delete_document", error.code, error.message, doc_id=request.doc_id)
             raise
         await self._log_document_call(user, "delete_document", "OK", "", doc_id=request.doc_id)
         return response
@@ -287,7 +344,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListConversations(
         self, request: gateway_pb2.ListConversationsRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListConversationsResponse:
-        user = self._user(context)
+        user = await self._user(context)
         if not 0 <= request.limit <= 1000:
             raise InvalidArgument("limit must be between 1 and 1000 (0 for the default of 100)")
         infos = await self._conversations.recent(user, request.limit or 100)
@@ -302,14 +359,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def GetConversation(
         self, request: gateway_pb2.ConversationRef, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.Conversation:
-        user = self._user(context)
+        user = await self._user(context)
         info = await self._owned(user, request.conversation_id)
         return _conversation(info, await self._conversations.turns(user, request.conversation_id))
 
     async def RenameConversation(
         self, request: gateway_pb2.RenameConversationRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.Conversation:
-        user = self._user(context)
+        user = await self._user(context)
         title = request.title.strip()
         if not 1 <= len(title) <= 200:
             raise InvalidArgument("a conversation title must be 1-200 characters")
@@ -322,7 +379,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def DeleteConversation(
         self, request: gateway_pb2.ConversationRef, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.DeleteConversationResponse:
-        user = self._user(context)
+        user = await self._user(context)
         if not await self._conversations.delete(user, request.conversation_id):
             raise NotFound(f"no conversation {request.conversation_id!r}")
         return gateway_pb2.DeleteConversationResponse(conversation_id=request.conversation_id)

@@ -7,7 +7,11 @@ from ragchat.v1 import generation_pb2, generation_pb2_grpc
 
 from services.common.server import ServiceApp
 from services.generation.backends import Generator
+from services.generation.backends.bedrock import BedrockChatModel
 from services.generation.backends.extractive import ExtractiveGenerator, ExtractiveSettings
+from services.generation.backends.llm import ChatModel, LLMGenerator
+from services.generation.backends.openai_compatible import OpenAIChatModel
+from services.generation.backends.sagemaker import SageMakerChatModel
 from services.generation.config import GenerationConfig
 from services.generation.service import GenerationServicer
 
@@ -25,7 +29,18 @@ def make_generator(config: GenerationConfig) -> Generator:
                 max_candidate_sentences=config.summary_max_candidates,
             )
         )
-    raise ValueError(f"no generator backend named {config.backend!r}")
+    if config.llm is None:
+        raise ValueError(f"no language-model settings for GENERATION_BACKEND={config.backend!r}")
+    model: ChatModel
+    if config.backend == "sagemaker" and config.sagemaker is not None and config.aws is not None:
+        model = SageMakerChatModel(config.sagemaker, config.aws)
+    elif config.backend == "bedrock" and config.bedrock is not None and config.aws is not None:
+        model = BedrockChatModel(config.bedrock, config.aws)
+    elif config.backend == "openai" and config.openai is not None:
+        model = OpenAIChatModel(config.openai)
+    else:
+        raise ValueError(f"no generator backend named {config.backend!r}")
+    return LLMGenerator(model, config.llm)
 
 
 def build_app(config: GenerationConfig, *, generator: Generator | None = None) -> ServiceApp:

@@ -12,7 +12,8 @@ Rules:
   section's heading);
 * chunks are made of whole sentences (:func:`services.common.text.sentence_spans`, which
   also breaks at paragraph breaks) up to ``target_tokens``; a single sentence longer than
-  that is cut at token boundaries into pieces of at most ``target_tokens``;
+  that is cut at its line breaks (table rows, list items), and a line longer than that at
+  token boundaries, into pieces of at most ``target_tokens``;
 * consecutive chunks of a section share trailing whole sentences of up to
   ``overlap_tokens`` (a sentence longer than the overlap is not repeated);
 * ``char_start``/``char_end`` are offsets into the page's extracted text
@@ -33,6 +34,7 @@ from services.ingest.extraction import Page
 
 _DENSE = "\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
 _TOKEN_RE = re.compile(f"[{_DENSE}]{{1,2}}|[^\\W_{_DENSE}]+")
+_LINE_BREAK = re.compile(r"\n")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def count_tokens(text: str) -> int:
 
 def _split_long(text: str, start: int, end: int, target: int) -> list[_Unit]:
     """Cut one over-long sentence ``text[start:end]`` into pieces of at most ``target`` tokens."""
-    positions = [match.start() + start for match in _TOKEN_RE.finditer(text, start, end)]
+    positions = [match.start() for match in _TOKEN_RE.finditer(text, start, end)]  # absolute already
     units: list[_Unit] = []
     for first in range(0, len(positions), target):
         piece_start = start if first == 0 else positions[first]
@@ -61,12 +63,36 @@ def _split_long(text: str, start: int, end: int, target: int) -> list[_Unit]:
     return units
 
 
+def _split_lines(text: str, start: int, end: int, target: int) -> list[_Unit]:
+    """Cut an over-long sentence at its line breaks (table rows, lists), lines longer than ``target`` at tokens."""
+    units: list[_Unit] = []
+    line_start = start
+    for match in _LINE_BREAK.finditer(text, start, end):
+        units.extend(_line_unit(text, line_start, match.start(), target))
+        line_start = match.end()
+    units.extend(_line_unit(text, line_start, end, target))
+    return units
+
+
+def _line_unit(text: str, start: int, end: int, target: int) -> list[_Unit]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    tokens = count_tokens(text[start:end])
+    if tokens == 0:
+        return []
+    if tokens > target:
+        return _split_long(text, start, end, target)
+    return [_Unit(start, end, tokens)]
+
+
 def _units(text: str, start: int, end: int, target: int) -> list[_Unit]:
     units: list[_Unit] = []
     for s, e in sentence_spans(text[start:end]):
         tokens = count_tokens(text[start + s : start + e])
         if tokens > target:
-            units.extend(_split_long(text, start + s, start + e, target))
+            units.extend(_split_lines(text, start + s, start + e, target))
         else:
             units.append(_Unit(start + s, start + e, tokens))
     return units

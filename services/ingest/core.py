@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 
 from services.common.errors import (
@@ -21,9 +22,30 @@ from services.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from services.ingest.backends import BlobStore, Document, DocumentStatus, Indexer, Job, JobEvent, Stage
+from services.ingest.archives import ArchiveLimits
+from services.ingest.backends import (
+    BlobStore,
+    DirectUploads,
+    Document,
+    DocumentStatus,
+    Indexer,
+    Job,
+    JobEvent,
+    PendingUpload,
+    PresignedPut,
+    Stage,
+)
 from services.ingest.backends.local_registry import SqliteRegistry
-from services.ingest.files import format_size, sanitize_filename, sha256_hex, sniff, stem_of
+from services.ingest.files import (
+    SUPPORTED_TYPES,
+    content_type_for,
+    extension_of,
+    format_size,
+    sanitize_filename,
+    sha256_hex,
+    sniff,
+    stem_of,
+)
 from services.ingest.jobs import JobRunner
 
 log = logging.getLogger(__name__)
@@ -32,6 +54,8 @@ MAX_OWNER_CHARS = 256
 MAX_TITLE_CHARS = 300
 # A watcher re-reads the store at least this often, even without a wake-up.
 _WATCH_POLL_SECONDS = 15.0
+# A direct upload may be committed this long after its URL expired (a PUT started in time may end late).
+_COMMIT_GRACE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +65,12 @@ class UploadHeader:
     content_type: str = ""
     size_bytes: int = 0
     title: str = ""
+
+
+@dataclass(frozen=True)
+class DirectUpload:
+    upload_id: str
+    put: PresignedPut
 
 
 @dataclass(frozen=True)
@@ -73,13 +103,20 @@ class Ingest:
         indexer: Indexer,
         runner: JobRunner,
         max_upload_bytes: int,
+        direct: DirectUploads | None = None,
+        upload_expiry_seconds: int = 900,
+        archive_limits: ArchiveLimits | None = None,
     ) -> None:
         self._registry = registry
         self._blobs = blobs
         self._indexer = indexer
         self._runner = runner
         self._max_upload_bytes = max_upload_bytes
+        self._direct = direct
+        self._upload_expiry = upload_expiry_seconds
+        self._archive_limits = archive_limits or ArchiveLimits()
         self._background: set[asyncio.Task[None]] = set()
+        runner.on_ready = self._replace_older_versions
 
     async def start(self) -> None:
         """Resume unfinished jobs and finish deletions a previous run left half-done."""
@@ -88,9 +125,28 @@ class Ingest:
             log.info("resumed unfinished jobs", extra={"jobs": resumed})
         pending = await self._registry.documents_with_status(DocumentStatus.DELETING)
         if pending:
-            task = asyncio.create_task(self._finish_deletions(pending), name="ingest-finish-deletions")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._finish_deletions(pending), "ingest-finish-deletions")
+        if self._direct is not None:
+            self._in_background(self._forget_abandoned_uploads(), "ingest-forget-abandoned-uploads")
+
+    def _in_background(self, work: Coroutine[None, None, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _forget_abandoned_uploads(self) -> None:
+        """Remove direct uploads never committed (and whatever was PUT for them)."""
+        for upload in await self._registry.uploads_expired_before(time.time() - _COMMIT_GRACE_SECONDS):
+            try:
+                # A commit that stopped after creating the document leaves its record behind; the
+                # object is the document's file then.
+                if await self._registry.get_document(upload.doc_id) is None:
+                    await self._blobs.delete(upload.blob_key)
+                await self._registry.delete_upload(upload.upload_id)
+            except Exception as error:
+                log.warning(
+                    "could not remove an abandoned upload", extra={"upload_id": upload.upload_id, "err": str(error)}
+                )
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -142,15 +198,28 @@ class Ingest:
         if header.size_bytes > self._max_upload_bytes:
             raise self._too_large(filename, format_size(header.size_bytes))
         content = await self._receive(filename, header.size_bytes, data)
-        file_type = await asyncio.to_thread(sniff, filename, content)
+        return await self._accept(owner, filename, header.title, content)
+
+    async def _accept(
+        self, owner: str, filename: str, raw_title: str, content: bytes, *, stored: PendingUpload | None = None
+    ) -> UploadResult:
+        """Sniff, de-duplicate, store (unless ``stored``: already in the blob store) and queue a job."""
+        try:
+            file_type = await asyncio.to_thread(sniff, filename, content, self._archive_limits)
+        except InvalidArgument:
+            if stored is not None:
+                await self._blobs.delete(stored.blob_key)
+            raise
         sha256 = await asyncio.to_thread(sha256_hex, content)
 
         existing = await self._registry.find_by_sha256(owner, sha256)
         if existing is not None:
+            if stored is not None:
+                await self._blobs.delete(stored.blob_key)
             return await self._existing(existing, content)
 
-        doc_id = uuid.uuid4().hex
-        title = " ".join(header.title.split())[:MAX_TITLE_CHARS] or stem_of(filename)
+        doc_id = stored.doc_id if stored is not None else uuid.uuid4().hex
+        title = " ".join(raw_title.split())[:MAX_TITLE_CHARS] or stem_of(filename)
         document = Document(
             doc_id=doc_id,
             owner=owner,
@@ -159,11 +228,12 @@ class Ingest:
             content_type=file_type.content_type,
             size_bytes=len(content),
             sha256=sha256,
-            blob_key=f"{owner_key(owner)}/{doc_id}/{sha256}",
+            blob_key=stored.blob_key if stored is not None else f"{owner_key(owner)}/{doc_id}/{sha256}",
             status=DocumentStatus.PENDING,
         )
         job = Job(job_id=uuid.uuid4().hex, doc_id=doc_id, owner=owner, stage=Stage.QUEUED)
-        await self._blobs.put(document.blob_key, content)
+        if stored is None:
+            await self._blobs.put(document.blob_key, content)
         try:
             document = await self._registry.create(document, job, JobRunner.initial_events(job, document))
         except AlreadyExists:
@@ -204,13 +274,113 @@ class Ingest:
             raise NotFound(f"no job for document {document.doc_id}")
         return UploadResult(latest, document, duplicate=True)
 
-    async def create_upload(self, owner: str) -> None:
-        _owner(owner)
-        raise FailedPrecondition("direct uploads need BLOB_BACKEND=s3; stream the file with Upload instead")
+    def _direct_uploads(self) -> DirectUploads:
+        if self._direct is None:
+            raise FailedPrecondition("direct uploads need BLOB_BACKEND=s3; stream the file with Upload instead")
+        return self._direct
 
-    async def commit_upload(self, owner: str) -> None:
-        _owner(owner)
-        raise FailedPrecondition("direct uploads need BLOB_BACKEND=s3; stream the file with Upload instead")
+    async def create_upload(self, header: UploadHeader) -> DirectUpload:
+        """A presigned URL to PUT the file to, valid ``UPLOAD_URL_EXPIRY_SECONDS``; CommitUpload finishes it."""
+        direct = self._direct_uploads()
+        owner = _owner(header.owner)
+        if not header.filename.strip():
+            raise InvalidArgument("filename is required")
+        filename = sanitize_filename(header.filename)
+        content_type = content_type_for(filename)
+        if content_type is None:
+            ext = extension_of(filename)
+            what = f"unsupported file type {ext}" if ext else "a file name without an extension"
+            raise InvalidArgument(f"{filename}: {what}; direct uploads need the file's extension: {SUPPORTED_TYPES}")
+        if header.size_bytes <= 0:
+            raise InvalidArgument(f"{filename}: size_bytes is required for a direct upload (the file's exact size)")
+        if header.size_bytes > self._max_upload_bytes:
+            raise self._too_large(filename, format_size(header.size_bytes))
+        upload_id = uuid.uuid4().hex
+        doc_id = uuid.uuid4().hex
+        now = time.time()
+        upload = PendingUpload(
+            upload_id=upload_id,
+            owner=owner,
+            doc_id=doc_id,
+            filename=filename,
+            title=" ".join(header.title.split())[:MAX_TITLE_CHARS],
+            content_type=content_type,
+            size_bytes=header.size_bytes,
+            blob_key=f"{owner_key(owner)}/{doc_id}/original",
+            expires_at=now + self._upload_expiry,
+            created_at=now,
+        )
+        put = await direct.presign_put(
+            upload.blob_key, content_type=content_type, size_bytes=header.size_bytes, expires_in=self._upload_expiry
+        )
+        await self._registry.add_upload(upload)
+        log.info("direct upload created", extra={"upload_id": upload_id, "bytes": header.size_bytes})
+        return DirectUpload(upload_id, put)
+
+    async def commit_upload(self, owner: str, upload_id: str) -> UploadResult:
+        """Check what was PUT for ``upload_id`` (size, encryption, type, hash) and queue its job."""
+        direct = self._direct_uploads()
+        owner = _owner(owner)
+        upload = await self._registry.get_upload(upload_id) if upload_id else None
+        if upload is None or upload.owner != owner:
+            raise NotFound(f"no upload {upload_id}")
+        if time.time() > upload.expires_at + _COMMIT_GRACE_SECONDS:
+            raise FailedPrecondition(f"the upload {upload_id} of {upload.filename} expired; create a new upload")
+        stored = await direct.stat(upload.blob_key)
+        if stored is None:
+            raise FailedPrecondition(
+                f"nothing was uploaded for {upload.filename} yet; PUT the file to the upload URL, then commit"
+            )
+        try:
+            if stored.size_bytes != upload.size_bytes:
+                raise InvalidArgument(
+                    f"{upload.filename}: {stored.size_bytes} bytes were uploaded but CreateUpload declared "
+                    f"{upload.size_bytes}; create a new upload with the right size"
+                )
+            if not stored.encryption:
+                raise FailedPrecondition(
+                    f"{upload.filename} was stored without server-side encryption; "
+                    "send the headers CreateUpload returned with the PUT"
+                )
+            content = await self._blobs.get(upload.blob_key)
+            if len(content) != upload.size_bytes:
+                raise InvalidArgument(f"{upload.filename} changed while it was being checked; upload it again")
+        except (InvalidArgument, FailedPrecondition):
+            await self._blobs.delete(upload.blob_key)
+            await self._registry.delete_upload(upload_id)
+            raise
+        try:
+            result = await self._accept(owner, upload.filename, upload.title, content, stored=upload)
+        except InvalidArgument:
+            await self._registry.delete_upload(upload_id)  # _accept removed the object
+            raise
+        await self._registry.delete_upload(upload_id)
+        return result
+
+    # -- versions -------------------------------------------------------------------------
+
+    async def _replace_older_versions(self, document: Document) -> int:
+        """Once ``document`` is ready, remove the owner's earlier documents from a file of the same name.
+
+        A version is identified by owner + sanitised file name: uploading ``report.pdf`` again
+        with other bytes makes a new version, and the old one goes (index entries, stored file,
+        registry) only when the new one is searchable, so the file is never missing from search.
+        A failed new version leaves the old one in place.
+        """
+        replaced = 0
+        for older in await self._registry.find_by_source(document.owner, document.source):
+            if older.doc_id == document.doc_id or older.created_at > document.created_at:
+                continue
+            await self._runner.cancel_document(older.doc_id)
+            await self._registry.update_document(older.doc_id, status=DocumentStatus.DELETING)
+            try:
+                await self._purge(older)
+            except Exception as error:
+                # Hidden already; the next start finishes the deletion.
+                log.warning("could not remove an older version", extra={"doc_id": older.doc_id, "err": str(error)})
+            replaced += 1
+            log.info("older version replaced", extra={"doc_id": older.doc_id, "by": document.doc_id})
+        return replaced
 
     # -- documents ------------------------------------------------------------------------
 

@@ -16,10 +16,15 @@ from dataclasses import dataclass
 from charset_normalizer import from_bytes
 
 from services.common.errors import InvalidArgument
+from services.ingest.archives import DOCX as DOCX
+from services.ingest.archives import PPTX as PPTX
+from services.ingest.archives import XLSX, ArchiveError, ArchiveLimits, office_type
 
 PDF = "application/pdf"
 TEXT = "text/plain"
 MARKDOWN = "text/markdown"
+HTML = "text/html"
+CSV = "text/csv"
 
 MAX_FILENAME_CHARS = 200
 _MAX_EXTENSION_CHARS = 16
@@ -30,8 +35,30 @@ _EXTENSIONS = {
     ".text": TEXT,
     ".md": MARKDOWN,
     ".markdown": MARKDOWN,
+    ".html": HTML,
+    ".htm": HTML,
+    ".csv": CSV,
+    ".docx": DOCX,
+    ".pptx": PPTX,
 }
-SUPPORTED_TYPES = "PDF (.pdf), plain text (.txt) and Markdown (.md, .markdown)"
+SUPPORTED_TYPES = (
+    "PDF (.pdf), plain text (.txt), Markdown (.md, .markdown), HTML (.html, .htm), CSV (.csv), "
+    "Word (.docx) and PowerPoint (.pptx)"
+)
+# How each type is named in messages.
+KIND: dict[str, str] = {
+    PDF: "a PDF document",
+    TEXT: "plain text",
+    MARKDOWN: "Markdown",
+    HTML: "an HTML page",
+    CSV: "a CSV table",
+    DOCX: "a Word document (.docx)",
+    PPTX: "a PowerPoint presentation (.pptx)",
+    XLSX: "an Excel workbook (.xlsx)",
+}
+_BINARY_EXTENSION = {PDF: ".pdf", DOCX: ".docx", PPTX: ".pptx"}
+_TEXT_TYPES = frozenset({TEXT, MARKDOWN, HTML, CSV})
+_HTML_START = re.compile(rb"^\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)[\s>]", re.IGNORECASE | re.DOTALL)
 
 # Windows-reserved and shell-hostile characters become "_".
 _RESERVED = re.compile(r'[<>:"|?*]')
@@ -128,6 +155,11 @@ def extension_of(filename: str) -> str:
     return f".{ext.lower()}" if dot and stem else ""
 
 
+def content_type_for(filename: str) -> str | None:
+    """The type a supported file name's extension promises (the bytes are checked later); None otherwise."""
+    return _EXTENSIONS.get(extension_of(filename))
+
+
 def stem_of(filename: str) -> str:
     stem, dot, _ = filename.rpartition(".")
     return stem if dot and stem else filename
@@ -187,12 +219,29 @@ def _looks_like_pdf(data: bytes) -> bool:
     return b"%PDF-" in data[:1024]
 
 
-def sniff(filename: str, data: bytes) -> FileType:
+def _looks_like_html(data: bytes) -> bool:
+    return _HTML_START.match(data[:4096].removeprefix(codecs.BOM_UTF8)) is not None
+
+
+def _binary_type(filename: str, data: bytes, limits: ArchiveLimits) -> str | None:
+    """PDF, DOCX, PPTX or XLSX when the bytes are one; InvalidArgument for an unsafe or damaged package."""
+    if _looks_like_pdf(data):
+        return PDF
+    if data.startswith(b"PK\x03\x04"):
+        try:
+            return office_type(data, limits)
+        except ArchiveError as error:
+            raise InvalidArgument(f"{filename}: {error.message}") from None
+    return None
+
+
+def sniff(filename: str, data: bytes, limits: ArchiveLimits | None = None) -> FileType:
     """The supported type of ``data`` named ``filename``, or InvalidArgument saying why not.
 
-    The bytes decide; the extension must agree with them. Without an extension, a PDF or
-    text file is accepted as what its bytes are.
+    The bytes decide; the extension must agree with them. Without an extension, a file is
+    accepted as what its bytes are (PDF, DOCX, PPTX, HTML, else plain text).
     """
+    limits = limits or ArchiveLimits()
     ext = extension_of(filename)
     expected = _EXTENSIONS.get(ext)
     if ext and expected is None:
@@ -200,27 +249,39 @@ def sniff(filename: str, data: bytes) -> FileType:
         raise InvalidArgument(
             f"{filename}: unsupported file type {ext} ({what}); supported types are {SUPPORTED_TYPES}"
         )
-    if expected == PDF or (not ext and _looks_like_pdf(data)):
-        if not _looks_like_pdf(data):
-            raise InvalidArgument(
-                f"{filename} is not a PDF: its content looks like {describe(data)}; "
-                "expected a PDF document (starting with %PDF-)"
-            )
-        return FileType(PDF)
-    if _looks_like_pdf(data):
+    actual = _binary_type(filename, data, limits)
+    if actual == XLSX:
         raise InvalidArgument(
-            f"{filename} is a PDF document, not {'Markdown' if expected == MARKDOWN else 'plain text'}; "
-            "rename it to .pdf"
+            f"{filename}: unsupported file type ({KIND[XLSX]}); supported types are {SUPPORTED_TYPES}"
         )
+    if expected == PDF and actual != PDF:
+        what = KIND[actual] if actual else describe(data)
+        raise InvalidArgument(
+            f"{filename} is not a PDF: its content looks like {what}; expected a PDF document (starting with %PDF-)"
+        )
+    if expected in (DOCX, PPTX) and actual != expected:
+        what = KIND[actual] if actual else describe(data)
+        raise InvalidArgument(
+            f"{filename} is not {KIND[expected]}: its content looks like {what}; "
+            f"save it as {_BINARY_EXTENSION[expected]} (Office Open XML) and upload it again"
+        )
+    if actual is not None:
+        if expected is not None and expected != actual:
+            raise InvalidArgument(
+                f"{filename} is {KIND[actual]}, not {KIND[expected]}; rename it to {_BINARY_EXTENSION[actual]}"
+            )
+        return FileType(actual)
     decoded = decode_text(data)
     if decoded is None:
-        kind = "Markdown" if expected == MARKDOWN else "plain text"
         if not ext:
             raise InvalidArgument(
                 f"{filename}: unsupported file type ({describe(data)}); supported types are {SUPPORTED_TYPES}"
             )
+        kind = KIND[expected] if expected in _TEXT_TYPES else "text"
         raise InvalidArgument(
             f"{filename} is not {kind}: its content looks like {describe(data)}; "
             f"expected text in UTF-8, UTF-16 (with BOM), CP949/EUC-KR or Latin-1"
         )
-    return FileType(expected or TEXT, decoded.encoding)
+    if expected is None:
+        expected = HTML if _looks_like_html(data) else TEXT
+    return FileType(expected, decoded.encoding)

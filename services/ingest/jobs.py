@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from services.common.errors import RagchatError
 from services.common.text import detect_language
@@ -90,6 +90,7 @@ class JobRunner:
         concurrency: int,
         summary_timeout_seconds: float,
         summarize: bool = True,
+        source_uri: Callable[[str], str] | None = None,
     ) -> None:
         self._registry = registry
         self._blobs = blobs
@@ -101,8 +102,13 @@ class JobRunner:
         self._slots = asyncio.Semaphore(concurrency)
         self._summary_timeout = summary_timeout_seconds
         self._summarize = summarize
+        # Where a managed index can read a stored file (S3 URI by blob key); None: nowhere.
+        self._source_uri = source_uri
         self._tasks: dict[str, tuple[str, asyncio.Task[None]]] = {}  # doc_id → (job_id, task)
         self.hub = EventHub()
+        # Called once a document is ready, before DONE is announced; returns how many older
+        # versions it replaced.
+        self.on_ready: Callable[[Document], Awaitable[int]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -275,7 +281,11 @@ class JobRunner:
         document = await self._registry.update_document(
             job.doc_id, status=DocumentStatus.READY, summary=summary, error=""
         )
-        await self._emit(job, Stage.DONE, message="ready", document=document)
+        if document is None:
+            return
+        replaced = await self.on_ready(document) if self.on_ready is not None else 0
+        message = "ready" if not replaced else f"ready; replaced the earlier version of {document.source}"
+        await self._emit(job, Stage.DONE, message=message, document=document)
         log.info(
             "document ready",
             extra={
@@ -305,6 +315,8 @@ class JobRunner:
                 document.language,
                 chunks,
                 on_progress=chunk_progress,
+                content_type=document.content_type,
+                source_uri=self._source_uri(document.blob_key) if self._source_uri is not None else "",
             )
         except Exception as error:
             # The indexer is all-or-nothing; this also removes an earlier version of the document.

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
-from services.ingest.extraction import PARSERS, Extracted, ExtractionError
+from services.ingest.extraction import PARSERS, Extracted, ExtractionError, ParseOptions
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ def _set_limit(kind: int, soft: int, hard: int) -> None:
     resource.setrlimit(kind, (soft, hard))
 
 
-def _child_main(entry: str, data: bytes, conn: Connection, memory_bytes: int, cpu_seconds: int) -> None:
+def _child_main(
+    entry: str, data: bytes, options: ParseOptions, conn: Connection, memory_bytes: int, cpu_seconds: int
+) -> None:
     """Entry point of the child process."""
     try:
         _set_limit(resource.RLIMIT_AS, memory_bytes, memory_bytes)
@@ -52,7 +54,7 @@ def _child_main(entry: str, data: bytes, conn: Connection, memory_bytes: int, cp
         def progress(current: int, total: int) -> None:
             conn.send(("progress", current, total))
 
-        result = parser(data, progress)
+        result = parser(data, progress, options)
         conn.send(("result", result))
     except ExtractionError as error:
         conn.send(("error", error.code, error.message))
@@ -91,7 +93,9 @@ class Extractor:
         timeout_seconds: float,
         memory_mb: int,
         parsers: Mapping[str, str] | None = None,
+        options: ParseOptions | None = None,
     ) -> None:
+        self._options = options or ParseOptions()
         self._timeout = timeout_seconds
         self._memory_bytes = memory_mb * 1024 * 1024
         self._parsers = dict(PARSERS if parsers is None else parsers)
@@ -145,7 +149,7 @@ class Extractor:
         cpu_seconds = int(self._timeout) + 5
         process = self._context.Process(
             target=_child_main,
-            args=(entry, data, sender, self._memory_bytes, cpu_seconds),
+            args=(entry, data, self._options, sender, self._memory_bytes, cpu_seconds),
             name="ingest-extract",
             daemon=True,
         )

@@ -125,14 +125,27 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def CreateUpload(
         self, request: ingest_pb2.CreateUploadRequest, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.CreateUploadResponse:
-        await self._ingest.create_upload(request.header.owner)
-        return ingest_pb2.CreateUploadResponse()
+        header = request.header
+        upload = await self._ingest.create_upload(
+            UploadHeader(
+                owner=header.owner,
+                filename=header.filename,
+                content_type=header.content_type,
+                size_bytes=header.size_bytes,
+                title=header.title,
+            )
+        )
+        return ingest_pb2.CreateUploadResponse(
+            upload_id=upload.upload_id,
+            url=upload.put.url,
+            headers=upload.put.headers,
+            expires_in_seconds=upload.put.expires_in_seconds,
+        )
 
     async def CommitUpload(
         self, request: ingest_pb2.CommitUploadRequest, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.UploadResponse:
-        await self._ingest.commit_upload(request.owner)
-        return ingest_pb2.UploadResponse()
+        return _upload_response(await self._ingest.commit_upload(request.owner, request.upload_id))
 
     async def WatchJob(
         self, request: ingest_pb2.WatchJobRequest, context: grpc.aio.ServicerContext

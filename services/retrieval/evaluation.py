@@ -100,6 +100,23 @@ def mean_ndcg(rankings: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping
     return sum(ndcg_at_k(rankings.get(query_id, ()), qrels[query_id], k) for query_id in judged) / len(judged)
 
 
+def recall_at_k(ranked_doc_ids: Sequence[str], judgements: Mapping[str, int], k: int) -> float:
+    """Share of the relevant documents (grade > 0) found in the first ``k`` distinct documents."""
+    relevant = {doc_id for doc_id, grade in judgements.items() if grade > 0}
+    if not relevant:
+        return 0.0
+    top = list(dict.fromkeys(ranked_doc_ids))[:k]
+    return len(relevant.intersection(top)) / len(relevant)
+
+
+def mean_recall(rankings: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]], k: int) -> float:
+    """Mean recall@k over the queries that have a relevant judgement; a missing ranking scores 0."""
+    judged = [query_id for query_id, judgements in qrels.items() if any(grade > 0 for grade in judgements.values())]
+    if not judged:
+        raise ValueError("no query has a relevant judgement")
+    return sum(recall_at_k(rankings.get(query_id, ()), qrels[query_id], k) for query_id in judged) / len(judged)
+
+
 async def index_corpus(writer: IndexWriter, owner: str, corpus: Sequence[CorpusDocument]) -> float:
     """Index each document (title as the header title, text as one chunk); returns seconds taken."""
     started = time.perf_counter()

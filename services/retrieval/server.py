@@ -16,8 +16,25 @@ SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].ful
 def _default_index(config: RetrievalConfig) -> SearchIndex:
     if config.backend == "local":
         from services.retrieval.backends.local_index import LocalIndex
+        from services.retrieval.embedding import OnnxEmbedder
 
-        return LocalIndex(config.index_path)
+        embedder = OnnxEmbedder(config.embedding_model_dir, threads=config.embedding_threads) if config.dense else None
+        return LocalIndex(
+            config.index_path,
+            embedder=embedder,
+            dense_weight=config.dense_weight,
+            ann_threshold=config.ann_threshold,
+        )
+    if config.backend == "kendra":
+        from services.retrieval.backends.kendra import KendraIndex
+
+        assert config.kendra is not None and config.aws is not None
+        return KendraIndex(config.kendra, config.aws)
+    if config.backend == "bedrock-kb":
+        from services.retrieval.backends.bedrock_kb import BedrockKbIndex
+
+        assert config.bedrock_kb is not None and config.aws is not None
+        return BedrockKbIndex(config.bedrock_kb, config.aws)
     raise ValueError(f"no retrieval backend named {config.backend!r}")
 
 

@@ -84,6 +84,8 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
                     title=message.header.title,
                     source=message.header.source,
                     language=message.header.language,
+                    s3_uri=message.header.s3_uri,
+                    content_type=message.header.content_type,
                 )
                 validate_header(header)
             elif part == "batch":

@@ -249,3 +249,6 @@ class SqliteCallLog:
 
     async def by_request_id(self, request_id: str) -> list[CallRecord]:
         return await self._select("request_id = ? ORDER BY created_at", (request_id,))
+
+    async def for_conversation(self, owner: str, conversation_id: str) -> list[CallRecord]:
+        return await self._select("owner = ? AND conversation_id = ? ORDER BY created_at", (owner, conversation_id))

@@ -1,7 +1,8 @@
 """The generator port: domain inputs, streamed events and the ``Generator`` protocol.
 
-Every model backend (the embedded extractive one now; SageMaker, Bedrock and
-OpenAI-compatible servers later) implements :class:`Generator`. The service turns protobuf
+Every model backend implements :class:`Generator`: the embedded extractive one, and the
+language models (SageMaker, Bedrock, OpenAI-compatible servers) through
+:class:`~services.generation.backends.llm.LLMGenerator` over a vendor adapter. The service turns protobuf
 requests into these dataclasses and the events back into protobuf, so a backend never sees
 gRPC and the service never sees a vendor SDK.
 

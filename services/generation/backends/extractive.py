@@ -444,7 +444,9 @@ def _central_sentences(title: str, kept: list[tuple[int, str, list[str]]], limit
     centroid = _centroid(vectors)
     title_vector = _centroid([dict.fromkeys(_terms(title), 1.0)]) if title.strip() else {}
     parts = min(limit, len(candidates) // _MIN_PART_SENTENCES)
-    part_of = [i * parts // len(candidates) for i in range(len(candidates))] if parts > 1 else []
+    if parts <= 1:  # a short document is one part: the document's centroid alone
+        parts = 0
+    part_of = [i * parts // len(candidates) for i in range(len(candidates))] if parts else []
     part_centroids = [
         _centroid(c.vector for c, p in zip(candidates, part_of, strict=True) if p == part) for part in range(parts)
     ]

@@ -1,6 +1,7 @@
 """Ports of the ingest service and the domain records that cross them.
 
-* :class:`BlobStore`: where uploaded files live (local folder now, S3 later).
+* :class:`BlobStore`: where uploaded files live (local folder, S3).
+* :class:`DirectUploads`: a blob store clients upload to straight (S3 presigned PUT).
 * :class:`Indexer`: where chunks go to become searchable (the retrieval service, or a managed index).
 * :class:`Summarizer`: streams a summary of a whole document (the generation service).
 
@@ -105,6 +106,39 @@ class JobEvent:
     document: Document | None = None
 
 
+@dataclass(frozen=True)
+class PendingUpload:
+    """A direct upload handed out by CreateUpload and not yet committed."""
+
+    upload_id: str
+    owner: str
+    doc_id: str
+    filename: str
+    title: str
+    content_type: str
+    size_bytes: int
+    blob_key: str
+    expires_at: float
+    created_at: float
+
+
+@dataclass(frozen=True)
+class PresignedPut:
+    """Where and how a client PUTs a file straight into the blob store."""
+
+    url: str
+    # Headers the client must send with the PUT (they are part of the signature).
+    headers: dict[str, str]
+    expires_in_seconds: int
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    size_bytes: int
+    # The server-side encryption the store applied ("" when none).
+    encryption: str
+
+
 ProgressCallback = Callable[[int], Awaitable[None]]
 
 
@@ -126,6 +160,22 @@ class BlobStore(Protocol):
     async def exists(self, key: str) -> bool: ...
 
 
+class DirectUploads(Protocol):
+    """A blob store that clients upload to directly (S3 presigned PUT); the bytes bypass the services."""
+
+    async def presign_put(self, key: str, *, content_type: str, size_bytes: int, expires_in: int) -> PresignedPut:
+        """A URL to PUT exactly ``size_bytes`` bytes of ``content_type`` to ``key``, valid ``expires_in`` s."""
+        ...
+
+    async def stat(self, key: str) -> StoredObject | None:
+        """Size and encryption of the object under ``key``; None when there is none."""
+        ...
+
+    def uri(self, key: str) -> str:
+        """Where the managed indexers can read the object (``s3://bucket/key``)."""
+        ...
+
+
 class Indexer(Protocol):
     async def index(
         self,
@@ -137,11 +187,15 @@ class Indexer(Protocol):
         chunks: Sequence[Chunk],
         *,
         on_progress: ProgressCallback | None = None,
+        content_type: str = "",
+        source_uri: str = "",
     ) -> int:
         """Make ``chunks`` searchable as one document (replacing an earlier version); the number indexed.
 
         All or nothing: when this raises, none of the chunks is searchable. ``on_progress`` is
-        awaited with the number of chunks sent so far.
+        awaited with the number of chunks handed over so far. ``content_type`` is the original
+        file's type and ``source_uri`` where a managed index can read it (``s3://...``; "" with
+        the local blob store).
         """
         ...
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from services.common.errors import AlreadyExists
-from services.ingest.backends import Document, DocumentStatus, Job, JobEvent, Stage
+from services.ingest.backends import Document, DocumentStatus, Job, JobEvent, PendingUpload, Stage
 
 _T = TypeVar("_T")
 
@@ -43,6 +43,19 @@ CREATE TABLE IF NOT EXISTS documents (
     UNIQUE (owner, sha256)
 );
 CREATE INDEX IF NOT EXISTS documents_by_owner ON documents (owner, created_at);
+CREATE INDEX IF NOT EXISTS documents_by_source ON documents (owner, source);
+CREATE TABLE IF NOT EXISTS uploads (
+    upload_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    title TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    blob_key TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
     doc_id TEXT NOT NULL,
@@ -90,6 +103,10 @@ def _document_from_json(raw: str | None) -> Document | None:
     values = json.loads(raw)
     values["status"] = DocumentStatus(values["status"])
     return Document(**values)
+
+
+def _upload(row: sqlite3.Row) -> PendingUpload:
+    return PendingUpload(**{field.name: row[field.name] for field in dataclasses.fields(PendingUpload)})
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -224,6 +241,46 @@ class SqliteRegistry:
             return None if row is None else _document(row)
 
         return await self._call(find)
+
+    async def find_by_source(self, owner: str, source: str) -> list[Document]:
+        """The owner's documents (deleting ones excluded) stored from a file of that name, oldest first."""
+
+        def find(db: sqlite3.Connection) -> list[Document]:
+            rows = db.execute(
+                "SELECT * FROM documents WHERE owner = ? AND source = ? AND status != ? ORDER BY created_at, doc_id",
+                (owner, source, DocumentStatus.DELETING.value),
+            ).fetchall()
+            return [_document(row) for row in rows]
+
+        return await self._call(find)
+
+    # -- direct uploads -------------------------------------------------------------------
+
+    async def add_upload(self, upload: PendingUpload) -> None:
+        values = dataclasses.astuple(upload)
+        columns = ", ".join(field.name for field in dataclasses.fields(PendingUpload))
+        placeholders = ", ".join("?" for _ in values)
+        await self._write(lambda db: db.execute(f"INSERT INTO uploads ({columns}) VALUES ({placeholders})", values))
+
+    async def get_upload(self, upload_id: str) -> PendingUpload | None:
+        def get(db: sqlite3.Connection) -> PendingUpload | None:
+            row = db.execute("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,)).fetchone()
+            return None if row is None else _upload(row)
+
+        return await self._call(get)
+
+    async def delete_upload(self, upload_id: str) -> bool:
+        def delete(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,)).rowcount > 0
+
+        return await self._write(delete)
+
+    async def uploads_expired_before(self, moment: float) -> list[PendingUpload]:
+        def select(db: sqlite3.Connection) -> list[PendingUpload]:
+            rows = db.execute("SELECT * FROM uploads WHERE expires_at < ?", (moment,)).fetchall()
+            return [_upload(row) for row in rows]
+
+        return await self._call(select)
 
     async def list_documents(self, owner: str) -> list[Document]:
         def select(db: sqlite3.Connection) -> list[Document]:

@@ -68,6 +68,8 @@ class RetrievalServiceIndexer:
         chunks: Sequence[Chunk],
         *,
         on_progress: ProgressCallback | None = None,
+        content_type: str = "",
+        source_uri: str = "",
     ) -> int:
         stub = self._stub()
         await self._ready()
@@ -75,7 +77,13 @@ class RetrievalServiceIndexer:
         async def requests() -> AsyncIterator[retrieval_pb2.IndexDocumentRequest]:
             yield retrieval_pb2.IndexDocumentRequest(
                 header=retrieval_pb2.IndexHeader(
-                    owner=owner, doc_id=doc_id, title=title, source=source, language=language
+                    owner=owner,
+                    doc_id=doc_id,
+                    title=title,
+                    source=source,
+                    language=language,
+                    s3_uri=source_uri,
+                    content_type=content_type,
                 )
             )
             for first in range(0, len(chunks), self._batch_size):

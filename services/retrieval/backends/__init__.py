@@ -4,8 +4,9 @@
 * :class:`IndexWriter`: the write path of an index the service owns (the local index).
 * :class:`SearchIndex`: a backend that is both, with a lifecycle (open at start, close at stop).
 
-Adapters: :class:`~services.retrieval.backends.local_index.LocalIndex` (SQLite FTS5, BM25).
-Later: a dense leg with fusion, Kendra and Bedrock Knowledge Bases retrievers.
+Adapters: :class:`~services.retrieval.backends.local_index.LocalIndex` (SQLite FTS5 BM25 + MiniLM
+vectors, fused), :class:`~services.retrieval.backends.kendra.KendraIndex` (Amazon Kendra) and
+:class:`~services.retrieval.backends.bedrock_kb.BedrockKbIndex` (Bedrock Knowledge Bases).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class DocumentHeader:
     source: str = ""
     # "en", "ko", ... or "" to detect per chunk.
     language: str = ""
+    # The original file for managed indexes that read it themselves ("s3://bucket/key"), and its MIME type.
+    s3_uri: str = ""
+    content_type: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The local index: SQLite FTS5 with BM25 ranking, persisted in one WAL-mode database file.
+"""The local index: hybrid retrieval (SQLite FTS5 BM25 + MiniLM vectors), persisted in one WAL-mode file.
 
 Tables: ``owners`` (owner → integer key), ``documents`` (one row per (owner, doc_id) with its
 title, source, language), ``chunks`` (the original text and its page, heading, offsets,
@@ -7,9 +7,21 @@ are the owner key, the document key, the title terms (document title and chunk h
 the body terms. The owner and document filters are part of the MATCH, so FTS5 ranks only
 the owner's chunks: an owner with three chunks among millions still gets their top-k.
 
-A document is written in one transaction (old chunks out, new chunks in, or nothing at all).
+``chunk_vectors`` holds each chunk's embedding (float32, L2-normalised) and ``chunks.english``
+the share of its letters in Latin script (the fusion's language weight).
+
+A document is written in one transaction (old chunks out, new chunks and their vectors in, or
+nothing at all); its embeddings are computed before the transaction opens. After a commit the
+in-memory vector store (:mod:`.vectors`) is updated under the same write lock; at start it is
+rebuilt from ``chunk_vectors``, so a kill -9 at any moment leaves nothing half-indexed. Chunks
+that have no vector (an index written before the dense leg, or by another model) are embedded
+at start, a batch per transaction.
+
 SQLite runs in worker threads: one writer connection behind a lock, a small pool of
 read-only connections that see the last committed state.
+
+Search modes: KEYWORD (BM25), DENSE (cosine), HYBRID and AUTO (language-aware weighted score
+fusion, :mod:`.fusion`). Without an embedder the index is keyword-only.
 """
 
 from __future__ import annotations
@@ -19,10 +31,12 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.text import detect_language
@@ -35,12 +49,20 @@ from services.retrieval.backends import (
     validate_header,
 )
 from services.retrieval.backends.fts import COLUMNS, TOKENIZER, match_expression, query_terms, term_string
+from services.retrieval.backends.fusion import fuse, latin_share
+from services.retrieval.backends.vectors import AnnParams, VectorStore, limit_blas_threads
+from services.retrieval.embedding import Embedder
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 DEFAULT_TITLE_WEIGHT = 0.5
+DEFAULT_DENSE_WEIGHT = 0.6
+DEFAULT_ANN_THRESHOLD = 20_000
+# Each leg proposes this many candidates (at least) to the fusion.
+MIN_CANDIDATES = 100
 _READER_POOL_SIZE = 4
+_BACKFILL_BATCH = 256
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (
@@ -73,18 +95,40 @@ CREATE TABLE IF NOT EXISTS chunks (
     char_start INTEGER NOT NULL,
     char_end INTEGER NOT NULL,
     language TEXT NOT NULL,
+    english REAL NOT NULL DEFAULT 1.0,
     UNIQUE (doc_key, chunk_id)
+);
+CREATE TABLE IF NOT EXISTS chunk_vectors (
+    chunk_key INTEGER PRIMARY KEY REFERENCES chunks(chunk_key),
+    vector BLOB NOT NULL
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS chunk_fts USING fts5({", ".join(COLUMNS)}, tokenize='{TOKENIZER}');
 """
+
+
+# Version 1 (keyword only) → 2: the chunks' Latin share and their vectors (embedded at start).
+_MIGRATIONS = {
+    "1": [
+        "ALTER TABLE chunks ADD COLUMN english REAL NOT NULL DEFAULT 1.0",
+        "CREATE TABLE IF NOT EXISTS chunk_vectors (chunk_key INTEGER PRIMARY KEY REFERENCES chunks(chunk_key),"
+        " vector BLOB NOT NULL)",
+    ],
+}
 
 
 @dataclass(frozen=True)
 class _PreparedChunk:
     record: ChunkRecord
     language: str
+    english: float
     title_terms: str
     body_terms: str
+
+
+def embedding_text(title: str, heading: str, text: str) -> str:
+    """What the dense leg embeds for a chunk: its document title and heading give it context."""
+    context = " — ".join(part for part in (title.strip(), heading.strip()) if part)
+    return f"{context}\n{text}" if context else text
 
 
 def prepare_chunks(header: DocumentHeader, chunks: Sequence[ChunkRecord]) -> list[ChunkRecord]:
@@ -114,11 +158,26 @@ def _with_id(chunk: ChunkRecord, chunk_id: str) -> ChunkRecord:
 
 
 class LocalIndex:
-    """SQLite FTS5 keyword index implementing both ``Retriever`` and ``IndexWriter``."""
+    """Hybrid local index implementing both ``Retriever`` and ``IndexWriter``.
 
-    def __init__(self, path: Path, *, title_weight: float = DEFAULT_TITLE_WEIGHT) -> None:
+    ``embedder`` None makes it keyword-only (DENSE and HYBRID then fail with FAILED_PRECONDITION).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        embedder: Embedder | None = None,
+        title_weight: float = DEFAULT_TITLE_WEIGHT,
+        dense_weight: float = DEFAULT_DENSE_WEIGHT,
+        ann_threshold: int = DEFAULT_ANN_THRESHOLD,
+        ann: AnnParams | None = None,
+    ) -> None:
         self._path = path
+        self._embedder = embedder
         self._title_weight = title_weight
+        self._dense_weight = dense_weight
+        self._vectors = VectorStore(embedder.dimension, ann_threshold=ann_threshold, ann=ann) if embedder else None
         self._writer: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()
         self._readers_lock = threading.Lock()
@@ -132,6 +191,15 @@ class LocalIndex:
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def dense(self) -> bool:
+        """Whether the dense leg is on (an embedder was given)."""
+        return self._embedder is not None
+
+    @property
+    def _ann_folder(self) -> Path:
+        return self._path.parent / f"{self._path.name}.ann"
 
     # Lifecycle
 
@@ -158,7 +226,12 @@ class LocalIndex:
                 for statement in _split_statements(_SCHEMA):
                     writer.execute(statement)
                 row = writer.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                if row is None:
+                if row is not None and row[0] in _MIGRATIONS:
+                    for statement in _MIGRATIONS[row[0]]:
+                        writer.execute(statement)
+                    writer.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+                    log.info("index schema migrated", extra={"from": row[0], "to": SCHEMA_VERSION})
+                elif row is None:
                     writer.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
                 elif row[0] != SCHEMA_VERSION:
                     raise FailedPrecondition(
@@ -174,13 +247,103 @@ class LocalIndex:
             writer.close()
             raise
         self._writer = writer
+        try:
+            if self._embedder is not None:
+                limit_blas_threads()
+                self._embedder.load()
+                self._load_vectors(writer)
+        except BaseException:
+            self._writer = None
+            writer.close()
+            raise
         with self._readers_lock:
             self._is_open = True
-        log.info("index opened", extra={"path": str(self._path)})
+        log.info(
+            "index opened",
+            extra={"path": str(self._path), "vectors": self._vectors.total() if self._vectors else None},
+        )
+
+    def _load_vectors(self, db: sqlite3.Connection) -> None:
+        """Embed the chunks that lack a vector (by this model), then load every vector into memory."""
+        assert self._embedder is not None and self._vectors is not None
+        model_id = self._embedder.model_id
+        row = db.execute("SELECT value FROM meta WHERE key = 'embedding_model'").fetchone()
+        if row is None or row[0] != model_id:
+            with self._transaction_on(db):
+                stale = db.execute("DELETE FROM chunk_vectors").rowcount
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('embedding_model', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (model_id,),
+                )
+            if stale:
+                log.warning("embedding model changed; re-embedding", extra={"model": model_id, "vectors": stale})
+        self._backfill(db)
+        started = time.perf_counter()
+        self._vectors.clear()
+        dimension = self._vectors.dimension
+        cursor = db.execute(
+            "SELECT d.owner_key, v.chunk_key, v.vector FROM chunk_vectors v"
+            " JOIN chunks c ON c.chunk_key = v.chunk_key JOIN documents d ON d.doc_key = c.doc_key"
+            " ORDER BY d.owner_key, v.chunk_key"
+        )
+        while rows := cursor.fetchmany(8192):
+            by_owner: dict[int, list[tuple[int, bytes]]] = {}
+            for owner_key, chunk_key, blob in rows:
+                by_owner.setdefault(int(owner_key), []).append((int(chunk_key), blob))
+            for owner_key, items in by_owner.items():
+                keys = np.fromiter((key for key, _ in items), dtype=np.int64, count=len(items))
+                matrix = np.frombuffer(b"".join(blob for _, blob in items), dtype=np.float32).reshape(-1, dimension)
+                self._vectors.add(owner_key, keys, matrix, build_ann=False)
+        self._vectors.load_or_build_ann(self._ann_folder, self._generation(db))
+        log.info(
+            "vectors loaded",
+            extra={"vectors": self._vectors.total(), "seconds": round(time.perf_counter() - started, 2)},
+        )
+
+    def _backfill(self, db: sqlite3.Connection) -> None:
+        assert self._embedder is not None
+        total = 0
+        while True:
+            rows = db.execute(
+                "SELECT c.chunk_key, d.title, c.heading, c.text FROM chunks c JOIN documents d ON d.doc_key = c.doc_key"
+                " WHERE NOT EXISTS (SELECT 1 FROM chunk_vectors v WHERE v.chunk_key = c.chunk_key)"
+                " ORDER BY c.chunk_key LIMIT ?",
+                (_BACKFILL_BATCH,),
+            ).fetchall()
+            if not rows:
+                break
+            vectors = self._embedder.embed([embedding_text(title, heading, text) for _, title, heading, text in rows])
+            with self._transaction_on(db):
+                for (chunk_key, _, _, text), vector in zip(rows, vectors, strict=True):
+                    db.execute(
+                        "INSERT INTO chunk_vectors (chunk_key, vector) VALUES (?, ?)", (chunk_key, vector.tobytes())
+                    )
+                    db.execute("UPDATE chunks SET english = ? WHERE chunk_key = ?", (latin_share(text), chunk_key))
+                self._bump_generation(db)
+            total += len(rows)
+            log.info("chunks embedded", extra={"chunks": total})
+
+    @staticmethod
+    def _generation(db: sqlite3.Connection) -> int:
+        row = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    @staticmethod
+    def _bump_generation(db: sqlite3.Connection) -> None:
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('generation', '1')"
+            " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
 
     def _close(self) -> None:
         with self._write_lock:
             if self._writer is not None:
+                if self._vectors is not None:
+                    try:
+                        self._vectors.save_ann(self._ann_folder, self._generation(self._writer))
+                    except OSError as error:
+                        log.warning("HNSW graphs not saved; they will be rebuilt", extra={"error": str(error)})
                 self._writer.close()
                 self._writer = None
         with self._readers_lock:
@@ -211,19 +374,30 @@ class LocalIndex:
                 connection.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, after_commit: Sequence[Callable[[], None]] = ()) -> Iterator[sqlite3.Connection]:
+        """The writer in a transaction under the write lock; ``after_commit`` (filled in by the
+        block) runs once the commit succeeded, before the lock is released, so the in-memory
+        vectors change in the same order as the database."""
         with self._write_lock:
             writer = self._writer
             if writer is None:
                 raise FailedPrecondition("the local index is not open")
-            writer.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction_on(writer):
                 yield writer
-                writer.execute("COMMIT")
-            except BaseException:
-                if writer.in_transaction:
-                    writer.execute("ROLLBACK")
-                raise
+            for action in after_commit:
+                action()
+
+    @staticmethod
+    @contextmanager
+    def _transaction_on(db: sqlite3.Connection) -> Iterator[None]:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     # IndexWriter
 
@@ -242,13 +416,31 @@ class LocalIndex:
                 _PreparedChunk(
                     record=record,
                     language=header.language or detect_language(record.text),
+                    english=latin_share(record.text),
                     title_terms=f"{title_terms} {heading_terms[record.heading]}".strip(),
                     body_terms=term_string(record.text),
                 )
             )
         language = header.language or detect_language(" ".join(record.text for record in records[:20]))
+        vectors = None
+        if self._embedder is not None:
+            started = time.perf_counter()
+            vectors = self._embedder.embed(
+                [embedding_text(header.title, record.heading, record.text) for record in records]
+            )
+            log.debug(
+                "chunks embedded",
+                extra={
+                    "doc_id": header.doc_id,
+                    "chunks": len(records),
+                    "embed_ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
         started = time.perf_counter()
-        with self._transaction() as db:
+        replaced: list[int] = []
+        added: list[int] = []
+        after_commit: list[Callable[[], None]] = []
+        with self._transaction(after_commit) as db:
             owner_key = self._find_owner(db, header.owner)
             if owner_key is None:
                 owner_key = _inserted_key(db.execute("INSERT INTO owners (owner) VALUES (?)", (header.owner,)))
@@ -265,6 +457,7 @@ class LocalIndex:
                 )
             else:
                 doc_key = int(row[0])
+                replaced = self._chunk_keys(db, doc_key)
                 self._delete_chunks(db, doc_key)
                 db.execute(
                     "UPDATE documents SET title = ?, source = ?, language = ?, chunk_count = ?, indexed_at = ?"
@@ -274,25 +467,43 @@ class LocalIndex:
             owner_token, doc_token = str(owner_key), str(doc_key)
             for position, chunk in enumerate(prepared):
                 record = chunk.record
-                chunk_key = db.execute(
-                    "INSERT INTO chunks (doc_key, position, chunk_id, text, page, heading, char_start, char_end,"
-                    " language) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        doc_key,
-                        position,
-                        record.chunk_id,
-                        record.text,
-                        record.page,
-                        record.heading,
-                        record.char_start,
-                        record.char_end,
-                        chunk.language,
-                    ),
-                ).lastrowid
+                chunk_key = _inserted_key(
+                    db.execute(
+                        "INSERT INTO chunks (doc_key, position, chunk_id, text, page, heading, char_start, char_end,"
+                        " language, english) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            doc_key,
+                            position,
+                            record.chunk_id,
+                            record.text,
+                            record.page,
+                            record.heading,
+                            record.char_start,
+                            record.char_end,
+                            chunk.language,
+                            chunk.english,
+                        ),
+                    )
+                )
                 db.execute(
                     "INSERT INTO chunk_fts (rowid, owner, doc, title, body) VALUES (?, ?, ?, ?, ?)",
                     (chunk_key, owner_token, doc_token, chunk.title_terms, chunk.body_terms),
                 )
+                if vectors is not None:
+                    db.execute(
+                        "INSERT INTO chunk_vectors (chunk_key, vector) VALUES (?, ?)",
+                        (chunk_key, vectors[position].tobytes()),
+                    )
+                added.append(chunk_key)
+            self._bump_generation(db)
+            if self._vectors is not None and vectors is not None:
+                store, new_keys = self._vectors, np.asarray(added, dtype=np.int64)
+
+                def mirror() -> None:
+                    store.remove(owner_key, replaced)
+                    store.add(owner_key, new_keys, vectors)
+
+                after_commit.append(mirror)
         log.debug(
             "document indexed",
             extra={
@@ -307,7 +518,8 @@ class LocalIndex:
         return await asyncio.to_thread(self._delete_document, owner, doc_id)
 
     def _delete_document(self, owner: str, doc_id: str) -> int:
-        with self._transaction() as db:
+        after_commit: list[Callable[[], None]] = []
+        with self._transaction(after_commit) as db:
             owner_key = self._find_owner(db, owner)
             if owner_key is None:
                 return 0
@@ -316,13 +528,25 @@ class LocalIndex:
             ).fetchone()
             if row is None:
                 return 0
+            removed = self._chunk_keys(db, int(row[0]))
             deleted = self._delete_chunks(db, int(row[0]))
             db.execute("DELETE FROM documents WHERE doc_key = ?", (row[0],))
+            self._bump_generation(db)
+            if self._vectors is not None:
+                store = self._vectors
+                after_commit.append(lambda: store.remove(owner_key, removed))
             return deleted
+
+    @staticmethod
+    def _chunk_keys(db: sqlite3.Connection, doc_key: int) -> list[int]:
+        return [int(row[0]) for row in db.execute("SELECT chunk_key FROM chunks WHERE doc_key = ?", (doc_key,))]
 
     @staticmethod
     def _delete_chunks(db: sqlite3.Connection, doc_key: int) -> int:
         db.execute("DELETE FROM chunk_fts WHERE rowid IN (SELECT chunk_key FROM chunks WHERE doc_key = ?)", (doc_key,))
+        db.execute(
+            "DELETE FROM chunk_vectors WHERE chunk_key IN (SELECT chunk_key FROM chunks WHERE doc_key = ?)", (doc_key,)
+        )
         return db.execute("DELETE FROM chunks WHERE doc_key = ?", (doc_key,)).rowcount
 
     @staticmethod
@@ -335,25 +559,44 @@ class LocalIndex:
     async def search(
         self, owner: str, query: str, top_k: int, doc_ids: Sequence[str], mode: SearchMode
     ) -> list[Passage]:
-        if mode in (SearchMode.DENSE, SearchMode.HYBRID):
-            raise FailedPrecondition("dense retrieval is not available yet; use KEYWORD")
         if top_k < 1:
             raise InvalidArgument(f"top_k must be at least 1, got {top_k}")
-        return await asyncio.to_thread(self._search, owner, query, top_k, tuple(doc_ids))
+        if self._embedder is None:
+            if mode in (SearchMode.DENSE, SearchMode.HYBRID):
+                raise FailedPrecondition(
+                    f"{mode.value} search needs the dense leg, which is off on this index (RETRIEVAL_DENSE=false);"
+                    " use KEYWORD"
+                )
+            mode = SearchMode.KEYWORD
+        elif mode is SearchMode.AUTO:
+            mode = SearchMode.HYBRID
+        return await asyncio.to_thread(self._search, owner, query, top_k, tuple(doc_ids), mode)
 
-    def _search(self, owner: str, query: str, top_k: int, doc_ids: tuple[str, ...]) -> list[Passage]:
-        terms = query_terms(query)
-        if not terms:
+    def _search(self, owner: str, query: str, top_k: int, doc_ids: tuple[str, ...], mode: SearchMode) -> list[Passage]:
+        terms = query_terms(query) if mode is not SearchMode.DENSE else []
+        if mode is SearchMode.KEYWORD and not terms:
             return []
+        query_vector = None
+        if mode is not SearchMode.KEYWORD:
+            assert self._embedder is not None
+            query_vector = self._embedder.embed([query])[0]
         with self._reader() as db:
             db.execute("BEGIN")
             try:
-                return self._ranked(db, owner, terms, top_k, doc_ids)
+                return self._ranked(db, owner, terms, query_vector, top_k, doc_ids, mode, latin_share(query))
             finally:
                 db.execute("COMMIT")
 
     def _ranked(
-        self, db: sqlite3.Connection, owner: str, terms: list[str], top_k: int, doc_ids: tuple[str, ...]
+        self,
+        db: sqlite3.Connection,
+        owner: str,
+        terms: list[str],
+        query_vector: np.ndarray | None,
+        top_k: int,
+        doc_ids: tuple[str, ...],
+        mode: SearchMode,
+        query_english: float,
     ) -> list[Passage]:
         owner_key = self._find_owner(db, owner)
         if owner_key is None:
@@ -370,39 +613,91 @@ class LocalIndex:
             ]
             if not doc_keys:
                 return []
+        if mode is SearchMode.KEYWORD:
+            return self._passages(db, self._keyword(db, owner_key, terms, doc_keys, top_k))
+        assert query_vector is not None and self._vectors is not None
+        only = None
+        if doc_keys is not None:
+            placeholders = ", ".join("?" * len(doc_keys))
+            only = np.fromiter(
+                (
+                    row[0]
+                    for row in db.execute(f"SELECT chunk_key FROM chunks WHERE doc_key IN ({placeholders})", doc_keys)
+                ),
+                dtype=np.int64,
+            )
+        if mode is SearchMode.DENSE:
+            ranked = self._vectors.search(owner_key, query_vector, top_k, only)
+            return self._passages(db, [(key, max(score, 0.0)) for key, score in ranked])
+        pool = max(MIN_CANDIDATES, 2 * top_k)
+        keyword = self._keyword(db, owner_key, terms, doc_keys, pool) if terms else []
+        dense_keys = [key for key, _ in self._vectors.search(owner_key, query_vector, pool, only)]
+        candidates = list(dict.fromkeys([key for key, _ in keyword] + dense_keys))
+        dense = self._vectors.scores(owner_key, query_vector, candidates)
+        english = self._english(db, candidates) if query_english > 0 else {}
+        fused = fuse(keyword, dense, english, query_english=query_english, dense_weight=self._dense_weight)
+        return self._passages(db, fused[:top_k])
+
+    def _keyword(
+        self, db: sqlite3.Connection, owner_key: int, terms: list[str], doc_keys: list[int] | None, limit: int
+    ) -> list[tuple[int, float]]:
+        """The keyword leg: (chunk key, BM25 score, positive) best first."""
         expression = match_expression(owner_key, terms, doc_keys)
         rows = db.execute(
-            """
-            WITH hits AS (
-                SELECT rowid AS chunk_key, bm25(chunk_fts, 0.0, 0.0, ?, 1.0) AS rank
-                FROM chunk_fts WHERE chunk_fts MATCH ?
-                ORDER BY rank, rowid LIMIT ?
-            )
-            SELECT c.chunk_id, d.doc_id, d.title, d.source, c.page, c.text, -h.rank, c.heading,
-                   c.char_start, c.char_end, c.language
-            FROM hits h
-            JOIN chunks c ON c.chunk_key = h.chunk_key
-            JOIN documents d ON d.doc_key = c.doc_key
-            ORDER BY h.rank, h.chunk_key
-            """,
-            (self._title_weight, expression, top_k),
+            "SELECT rowid, bm25(chunk_fts, 0.0, 0.0, ?, 1.0) AS rank FROM chunk_fts WHERE chunk_fts MATCH ?"
+            " ORDER BY rank, rowid LIMIT ?",
+            (self._title_weight, expression, limit),
         ).fetchall()
-        return [
-            Passage(
-                chunk_id=row[0],
-                doc_id=row[1],
-                title=row[2],
-                source=row[3],
-                page=row[4],
-                text=row[5],
-                score=float(row[6]),
-                heading=row[7],
-                char_start=row[8],
-                char_end=row[9],
-                language=row[10],
+        return [(int(key), -float(rank)) for key, rank in rows]
+
+    @staticmethod
+    def _english(db: sqlite3.Connection, keys: Sequence[int]) -> dict[int, float]:
+        if not keys:
+            return {}
+        placeholders = ", ".join("?" * len(keys))
+        return {
+            int(key): float(value)
+            for key, value in db.execute(
+                f"SELECT chunk_key, english FROM chunks WHERE chunk_key IN ({placeholders})", list(keys)
             )
-            for row in rows
-        ]
+        }
+
+    @staticmethod
+    def _passages(db: sqlite3.Connection, ranked: Sequence[tuple[int, float]]) -> list[Passage]:
+        """Passages of the ranked chunk keys, in that order; keys no longer in the index are skipped."""
+        if not ranked:
+            return []
+        placeholders = ", ".join("?" * len(ranked))
+        rows = {
+            int(row[0]): row
+            for row in db.execute(
+                "SELECT c.chunk_key, c.chunk_id, d.doc_id, d.title, d.source, c.page, c.text, c.heading,"
+                " c.char_start, c.char_end, c.language"
+                f" FROM chunks c JOIN documents d ON d.doc_key = c.doc_key WHERE c.chunk_key IN ({placeholders})",
+                [key for key, _ in ranked],
+            )
+        }
+        passages: list[Passage] = []
+        for key, score in ranked:
+            row = rows.get(key)
+            if row is None:
+                continue
+            passages.append(
+                Passage(
+                    chunk_id=row[1],
+                    doc_id=row[2],
+                    title=row[3],
+                    source=row[4],
+                    page=row[5],
+                    text=row[6],
+                    score=float(score),
+                    heading=row[7],
+                    char_start=row[8],
+                    char_end=row[9],
+                    language=row[10],
+                )
+            )
+        return passages
 
 
 def _inserted_key(cursor: sqlite3.Cursor) -> int:

@@ -18,6 +18,8 @@ class IndexCall:
     source: str
     language: str
     chunks: list[Chunk]
+    content_type: str = ""
+    source_uri: str = ""
 
 
 @dataclass
@@ -39,8 +41,10 @@ class FakeIndexer:
         chunks: Sequence[Chunk],
         *,
         on_progress: ProgressCallback | None = None,
+        content_type: str = "",
+        source_uri: str = "",
     ) -> int:
-        self.calls.append(IndexCall(owner, doc_id, title, source, language, list(chunks)))
+        self.calls.append(IndexCall(owner, doc_id, title, source, language, list(chunks), content_type, source_uri))
         if self.fail_with is not None:
             raise self.fail_with
         if on_progress is not None:

@@ -91,13 +91,28 @@ async def test_indexing_sends_the_header_then_batches_of_at_most_256(
         progress.append(sent)
 
     try:
-        indexed = await indexer.index("alice", "d1", "Title", "a.pdf", "en", chunks(600), on_progress=on_progress)
+        indexed = await indexer.index(
+            "alice",
+            "d1",
+            "Title",
+            "a.pdf",
+            "en",
+            chunks(600),
+            on_progress=on_progress,
+            content_type="application/pdf",
+            source_uri="s3://bucket/docs/o/d1/original",
+        )
     finally:
         await indexer.close()
     assert indexed == 600
     (stream,) = retrieval.streams
     assert stream[0].WhichOneof("part") == "header"
     assert (stream[0].header.owner, stream[0].header.doc_id, stream[0].header.language) == ("alice", "d1", "en")
+    # What Kendra / Bedrock Knowledge Bases writers need to read the original file.
+    assert (stream[0].header.s3_uri, stream[0].header.content_type) == (
+        "s3://bucket/docs/o/d1/original",
+        "application/pdf",
+    )
     assert [message.WhichOneof("part") for message in stream[1:]] == ["batch"] * 3
     assert [len(message.batch.chunks) for message in stream[1:]] == [256, 256, 88]
     sent = [chunk for message in stream[1:] for chunk in message.batch.chunks]

@@ -19,6 +19,7 @@ from services.common.config import Env
 from services.common.errors import Unavailable
 from services.common.server import GrpcServer
 from services.ingest.config import IngestConfig
+from services.ingest.files import SUPPORTED_TYPES
 from services.ingest.sandbox import Extractor
 from services.ingest.server import SERVICE_NAME, build_app
 from tests.integration.ingest.ingest_fakes import FakeIndexer, FakeSummarizer
@@ -162,6 +163,7 @@ async def test_uploading_a_pdf_runs_every_stage_and_ends_ready(ingest: Running) 
 
     (call,) = ingest.indexer.calls
     assert (call.owner, call.doc_id, call.source) == ("alice", response.doc_id, "XYLayoutLM.pdf")
+    assert (call.content_type, call.source_uri) == ("application/pdf", "")  # the local store has no URI
     assert document.chunks == len(call.chunks) > 10
     assert {chunk.page for chunk in call.chunks} == set(range(1, 11))
     # The whole document goes to the summarizer, not only its first chunks.
@@ -237,22 +239,20 @@ BAD_UPLOADS = [
     pytest.param(
         dict(owner="alice", filename="setup.exe", data=b"MZ\x90\x00" + bytes(100)),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "setup.exe: unsupported file type .exe (a Windows executable); "
-        "supported types are PDF (.pdf), plain text (.txt) and Markdown (.md, .markdown)",
+        f"setup.exe: unsupported file type .exe (a Windows executable); supported types are {SUPPORTED_TYPES}",
         id="exe",
     ),
     pytest.param(
         dict(owner="alice", filename="photo.png", data=PNG),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "photo.png: unsupported file type .png (a PNG image); "
-        "supported types are PDF (.pdf), plain text (.txt) and Markdown (.md, .markdown)",
+        f"photo.png: unsupported file type .png (a PNG image); supported types are {SUPPORTED_TYPES}",
         id="png",
     ),
     pytest.param(
         dict(owner="alice", filename="archive.zip", data=b"PK\x03\x04" + bytes(60)),
         grpc.StatusCode.INVALID_ARGUMENT,
         "archive.zip: unsupported file type .zip (a ZIP archive (or an Office document such as .docx)); "
-        "supported types are PDF (.pdf), plain text (.txt) and Markdown (.md, .markdown)",
+        f"supported types are {SUPPORTED_TYPES}",
         id="zip",
     ),
     pytest.param(
@@ -426,7 +426,7 @@ async def test_a_pdf_without_text_fails_with_a_clear_reason(ingest: Running, tmp
     failed = events[-1]
     assert failed.stage == common_pb2.INGEST_STAGE_FAILED
     assert failed.error_code == "INVALID_ARGUMENT"
-    assert failed.message == "no extractable text (scanned PDF? OCR is not enabled)"
+    assert failed.message == "no extractable text: the PDF has no text layer and OCR found no text in its pages"
     assert failed.document.status == common_pb2.DOCUMENT_STATUS_FAILED
     assert ingest.indexer.calls == []
 

@@ -203,6 +203,53 @@ async def test_korean_over_grpc(running: Running) -> None:
     assert found.passages[0].language == "ko"
 
 
+async def test_dense_and_hybrid_modes_find_a_paraphrase_keyword_search_misses(running: Running) -> None:
+    await index(
+        running.stub,
+        header(doc_id="cars", title="Vehicles"),
+        batch(
+            "The automobile needs new tyres before the winter trip.",
+            "Bananas ripen faster next to apples.",
+            "The committee met on Tuesday to approve the budget.",
+        ),
+    )
+    question = "my car requires fresh wheels"
+    keyword = await search(running.stub, query=question, mode=retrieval_pb2.SEARCH_MODE_KEYWORD)
+    assert keyword.passages == []
+    for mode in (
+        retrieval_pb2.SEARCH_MODE_DENSE,
+        retrieval_pb2.SEARCH_MODE_HYBRID,
+        retrieval_pb2.SEARCH_MODE_UNSPECIFIED,
+    ):
+        found = await search(running.stub, query=question, mode=mode, top_k=3)
+        assert found.passages[0].text == "The automobile needs new tyres before the winter trip.", mode
+        assert found.passages[0].score > found.passages[1].score >= 0, mode
+        assert found.backend == "local"
+    other = await search(running.stub, owner="bob", query=question, mode=retrieval_pb2.SEARCH_MODE_DENSE)
+    assert other.passages == []
+
+
+def test_python_dash_m_fails_at_start_when_the_embedding_model_is_missing(
+    process_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.retrieval"],
+        cwd=REPO,
+        env={
+            **process_env,
+            "PORT": str(free_port()),
+            "DATA_DIR": str(tmp_path / "data"),
+            "EMBEDDING_MODEL_DIR": str(tmp_path / "no-model"),
+        },
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "the embedding model is missing" in result.stderr.decode() + result.stdout.decode()
+    assert "scripts/export_embedding_model.py" in result.stderr.decode() + result.stdout.decode()
+
+
 SEARCH_ERRORS: list[tuple[dict[str, Any], grpc.StatusCode, str]] = [
     ({"owner": ""}, grpc.StatusCode.INVALID_ARGUMENT, "owner is required"),
     ({"query": "   "}, grpc.StatusCode.INVALID_ARGUMENT, "query is empty"),
@@ -214,16 +261,6 @@ SEARCH_ERRORS: list[tuple[dict[str, Any], grpc.StatusCode, str]] = [
     ({"top_k": -3}, grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 100 (0 means the default), got -3"),
     ({"mode": 42}, grpc.StatusCode.INVALID_ARGUMENT, "unknown search mode 42"),
     ({"doc_ids": [""]}, grpc.StatusCode.INVALID_ARGUMENT, "doc_ids must not contain an empty id"),
-    (
-        {"mode": retrieval_pb2.SEARCH_MODE_DENSE},
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "dense retrieval is not available yet; use KEYWORD",
-    ),
-    (
-        {"mode": retrieval_pb2.SEARCH_MODE_HYBRID},
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "dense retrieval is not available yet; use KEYWORD",
-    ),
 ]
 
 INDEX_ERRORS = [
@@ -332,10 +369,13 @@ def test_python_dash_m_fails_at_start_naming_a_bad_backend(process_env: dict[str
     result = subprocess.run(
         [sys.executable, "-m", "services.retrieval"],
         cwd=REPO,
-        env={**process_env, "PORT": str(free_port()), "RETRIEVAL_BACKEND": "kendra"},
+        env={**process_env, "PORT": str(free_port()), "RETRIEVAL_BACKEND": "elastic"},
         capture_output=True,
         timeout=30,
         check=False,
     )
     assert result.returncode != 0
-    assert re.search(r"RETRIEVAL_BACKEND='kendra' is not available; available backends: local", result.stderr.decode())
+    assert re.search(
+        r"RETRIEVAL_BACKEND='elastic' is not available; available backends: local, kendra, bedrock-kb",
+        result.stderr.decode(),
+    )

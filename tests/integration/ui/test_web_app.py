@@ -74,21 +74,21 @@ def test_the_served_app_chats_uploads_and_lists(web: tuple[str, RunningGateway],
 def check_app(client: Any, gateway: RunningGateway, tmp_path: Path) -> None:
     from gradio_client import handle_file
 
-    assert {"/chat", "/upload", "/documents", "/delete_document", "/new_conversation"} <= set(
+    assert {"/chat", "/stop", "/upload", "/documents", "/delete_document", "/new_conversation", "/resume"} <= set(
         client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     )
 
-    history, box = client.predict("Where do alpacas live?", [], "alice", True, True, api_name="/chat")
+    history, box = client.predict("Where do alpacas live?", [], "alice", "", True, True, 5, True, api_name="/chat")
     assert texts(history)[:2] == ["Where do alpacas live?", "Alpacas live in herds [1]."]
     assert history[2]["metadata"]["title"] == "References (2)"
     assert box == ""
 
     note = tmp_path / "alpaca.txt"
     note.write_text("alpacas", encoding="utf-8")
-    status = client.predict([handle_file(str(note))], "alice", api_name="/upload")
-    assert status.startswith("✅ **Alpaca** (`doc-1`)")
+    panel = client.predict([handle_file(str(note))], "alice", "", api_name="/upload")
+    assert '<span class="rc-file-name">Alpaca</span> <code class="rc-file-id">doc&#45;1</code>' in panel
 
-    table, message = client.predict("alice", api_name="/documents")
-    assert table["data"] == [["Alpaca", "ready", 2, 3, "doc-1", "alpaca.txt"]]
-    assert message == ""
+    table, _picker, notice = client.predict("alice", "", api_name="/documents")
+    assert table["data"] == [["Alpaca", "ready", 2, "7 B", 3, "-", "doc-1"]]
+    assert notice == ""
     assert set(gateway.fake.users("Chat") + gateway.fake.users("UploadDocument")) == {"alice"}

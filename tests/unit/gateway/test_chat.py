@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.common.config import Env
-from services.common.errors import InvalidArgument, NotFound, Unavailable
+from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.gateway import chat
 from services.gateway.backends import Done, GenerationRequest, Passage, Token
 from services.gateway.backends.sqlite_store import SqliteCallLog, SqliteConversationStore, SqliteDatabase
@@ -291,3 +291,67 @@ async def test_concurrent_turns_do_not_share_state(stores) -> None:  # type: ign
         refs = next(e for e in events if isinstance(e, chat.ReferencesOut))
         assert [p.doc_id for p in refs.passages] == [owner]
         assert events[-1].answer == f"question of {owner}"  # type: ignore[union-attr]
+
+
+class DownRetriever(FakeRetriever):
+    async def search(self, owner: str, query: str, top_k: int, *, timeout: float) -> list[Passage]:
+        self.queries.append((owner, query, top_k))
+        raise Unavailable("the retrieval service is unavailable (connection refused); try again shortly")
+
+
+@pytest.mark.parametrize(
+    ("question", "prompts"), [("How many handgun checks?", ENGLISH), ("권총 신원 조회는 몇 건인가요?", KOREAN)]
+)
+async def test_retrieval_down_answers_without_documents_after_a_notice(stores, question, prompts) -> None:  # type: ignore[no-untyped-def]
+    generator = FakeGenerator()
+    events = await run_turn(make_engine(stores, DownRetriever([]), generator), question)
+    tokens = [e.text for e in events if isinstance(e, chat.TokenOut)]
+    assert tokens[0] == prompts.retrieval_unavailable, "the notice comes first, in the question's language"
+    request = generator.requests[0]
+    assert request.passages == [] and request.system == prompts.system_without_documents
+    done = events[-1]
+    assert isinstance(done, chat.Finished) and done.answer.startswith(prompts.retrieval_unavailable)
+    [record] = await stores[1].for_owner("alice", 10)
+    assert record.status == "OK" and "UNAVAILABLE" in str(record.detail["retrieval_error"])
+
+
+async def test_retrieval_down_fails_the_turn_when_configured(stores) -> None:  # type: ignore[no-untyped-def]
+    generator = FakeGenerator()
+    engine = make_engine(stores, DownRetriever([]), generator, RETRIEVAL_UNAVAILABLE="fail")
+    events = await run_turn(engine, "How many handgun checks?")
+    failed = events[-1]
+    assert isinstance(failed, chat.Failed) and failed.code == "UNAVAILABLE"
+    assert "retrieval service is unavailable" in failed.message
+    assert generator.requests == []
+    assert await stores[0].recent("alice", 10) == []
+
+
+async def test_korean_question_gets_korean_prompts_and_korean_condensing(stores) -> None:  # type: ignore[no-untyped-def]
+    retriever, generator = FakeRetriever(PASSAGES), FakeGenerator()
+    engine = make_engine(stores, retriever, generator)
+    first = await run_turn(engine, "서울의 권총 신원 조회는 몇 건인가요?")
+    await run_turn(engine, "그럼 부산은?", first[0].conversation_id)  # type: ignore[union-attr]
+    assert generator.requests[0].system == KOREAN.system
+    assert generator.requests[0].user_template == KOREAN.user_template and "질문:" in KOREAN.user_template
+    assert generator.requests[0].language == "ko"
+    assert retriever.queries[-1][1] == "그럼 부산은? (서울의 권총 신원 조회는 몇 건인가요?)"
+
+
+async def test_a_refused_turn_is_logged_once_too(stores) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(stores, FakeRetriever(PASSAGES), FakeGenerator())
+    with pytest.raises(NotFound):
+        await run_turn(engine, "And in Texas?", "unknown-conversation")
+    [record] = await stores[1].for_owner("alice", 10)
+    assert record.status == "NOT_FOUND" and record.conversation_id == "unknown-conversation"
+
+
+async def test_a_failing_call_log_does_not_change_the_answer(stores, caplog) -> None:  # type: ignore[no-untyped-def]
+    class BrokenLog:
+        async def record(self, record: object) -> None:
+            raise ResourceExhausted("the history store is throttling requests even after retries")
+
+    config = GatewayConfig.from_env(Env({"DATA_DIR": "/nonexistent"}))
+    engine = chat.ChatEngine(config, FakeRetriever(PASSAGES), FakeGenerator(), stores[0], BrokenLog())  # type: ignore[arg-type]
+    events = await run_turn(engine, "How many handgun checks in Kentucky?")
+    assert isinstance(events[-1], chat.Finished)
+    assert any(r.getMessage() == "call record could not be written" for r in caplog.records)

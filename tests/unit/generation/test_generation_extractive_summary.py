@@ -152,3 +152,15 @@ def test_thousand_page_document_is_summarised_quickly() -> None:
     assert result.text
     assert "Copyright" not in result.text
     assert "Page" not in result.text
+
+
+def test_a_document_of_one_part_is_summarised() -> None:
+    # Regression (seen on SciFact during `make eval`): 20-39 usable sentences make exactly one
+    # part, which used to fail with "zip() argument 2 is shorter than argument 1".
+    from services.generation.backends import GenerationParams
+    from services.generation.backends.extractive import ExtractiveSettings, summarize_document
+
+    sentences = [f"Coronary plaque disruption number {i} causes thrombosis in patients." for i in range(25)]
+    result = summarize_document("Coronary plaque", [" ".join(sentences)], GenerationParams(), ExtractiveSettings())
+    assert result.text
+    assert result.text.split(". ")[0] in " ".join(sentences)

@@ -7,28 +7,28 @@ import signal
 import time
 from collections.abc import Callable
 
-from services.ingest.extraction import Extracted, Page, Section
+from services.ingest.extraction import Extracted, Page, ParseOptions, Section
 
 Progress = Callable[[int, int], None]
 
 
-def sleep_forever(data: bytes, progress: Progress) -> Extracted:
+def sleep_forever(data: bytes, progress: Progress, options: ParseOptions) -> Extracted:
     progress(1, 100)
     while True:
         time.sleep(1)
 
 
-def allocate(data: bytes, progress: Progress) -> Extracted:
+def allocate(data: bytes, progress: Progress, options: ParseOptions) -> Extracted:
     hoard = [bytearray(64 * 1024 * 1024) for _ in range(64)]  # 4 GB
     raise AssertionError(f"allocated {len(hoard)} blocks despite the limit")
 
 
-def segfault(data: bytes, progress: Progress) -> Extracted:
+def segfault(data: bytes, progress: Progress, options: ParseOptions) -> Extracted:
     os.kill(os.getpid(), signal.SIGSEGV)
     raise AssertionError("unreachable")
 
 
-def echo(data: bytes, progress: Progress) -> Extracted:
+def echo(data: bytes, progress: Progress, options: ParseOptions) -> Extracted:
     text = data.decode()
     progress(1, 1)
     return Extracted((Page(0, text, (Section(0, len(text), ""),)),), "")

@@ -72,6 +72,18 @@ def test_a_sentence_longer_than_the_target_is_cut_at_word_boundaries() -> None:
     assert chunks[-1].text.endswith("w129.")
 
 
+def test_an_unpunctuated_table_is_cut_between_its_rows() -> None:
+    rows = [f"State{n} {n},100 {n},200 {n},300 total {n}" for n in range(30)]  # 6 tokens a row, no periods
+    text = "Header row with column names\n" + "\n".join(rows)
+    chunks = chunk_pages("d", [page(1, text)], target_tokens=20, overlap_tokens=0)
+    assert len(chunks) > 5
+    for chunk in chunks:
+        assert count_tokens(chunk.text) <= 20
+        for line in chunk.text.split("\n"):
+            assert line == "Header row with column names" or line in rows  # whole rows only
+    assert all(text[chunk.char_start : chunk.char_end] == chunk.text for chunk in chunks)
+
+
 def test_korean_sentences_are_kept_whole() -> None:
     sentence = "검색 증강 생성은 사용자의 문서에서 관련 구절을 찾아 답변을 만듭니다."
     text = " ".join([sentence] * 12)
@@ -113,3 +125,17 @@ def test_a_short_chunk_before_a_long_sentence_is_not_repeated_forever() -> None:
     text = "Short one here. " + long_sentence
     chunks = chunk_pages("d", [page(1, text)], target_tokens=50, overlap_tokens=10)
     assert [chunk.text for chunk in chunks] == ["Short one here.", long_sentence]
+
+
+def test_an_over_long_sentence_after_others_is_cut_where_it_stands() -> None:
+    # Regression: SciFact 19332616 — a sentence longer than the budget that does not start at
+    # offset 0 was cut at positions shifted by its own start, past the end of the text.
+    long_sentence = " ".join(f"w{i}" for i in range(130)) + "."
+    text = "A short opening sentence. Another one here. " + long_sentence + " A closing sentence."
+    chunks = chunk_pages("doc1", [page(1, text)], target_tokens=50, overlap_tokens=0)
+    for chunk in chunks:
+        assert text[chunk.char_start : chunk.char_end] == chunk.text
+        assert count_tokens(chunk.text) <= 50
+    covered = " ".join(chunk.text for chunk in chunks)
+    assert "w0" in covered
+    assert "w129." in covered

@@ -49,7 +49,12 @@ def test_values_from_the_environment() -> None:
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"BLOB_BACKEND": "s3"}, "BLOB_BACKEND='s3' is not available; available values: local"),
+        ({"BLOB_BACKEND": "gcs"}, "BLOB_BACKEND='gcs' is not available; available values: local, s3"),
+        ({"BLOB_BACKEND": "s3"}, "S3_BUCKET is required"),
+        ({"BLOB_BACKEND": "s3", "S3_BUCKET": "b", "S3_SSE": "aws:kms"}, "S3_SSE=aws:kms needs S3_KMS_KEY_ID"),
+        ({"BLOB_BACKEND": "s3", "S3_BUCKET": "b", "S3_KMS_KEY_ID": "k"}, "S3_KMS_KEY_ID is set but S3_SSE is not"),
+        ({"BLOB_BACKEND": "s3", "S3_BUCKET": "b", "S3_PREFIX": "../x/"}, "S3_PREFIX='../x/' must be folder names"),
+        ({"OCR_LANGUAGES": "kor;rm -rf"}, "OCR_LANGUAGES='kor;rm -rf' must be Tesseract language codes"),
         ({"MAX_UPLOAD_BYTES": "lots"}, "MAX_UPLOAD_BYTES='lots' is not a valid int"),
         ({"INGEST_CONCURRENCY": "0"}, "INGEST_CONCURRENCY='0' must be at least 1"),
         ({"CHUNK_TOKENS": "100", "CHUNK_OVERLAP_TOKENS": "100"}, "CHUNK_OVERLAP_TOKENS=100 must be less than"),
@@ -61,3 +66,33 @@ def test_bad_values_name_the_variable(environ: dict[str, str], message: str) -> 
     with pytest.raises(ConfigError) as caught:
         IngestConfig.from_env(Env(environ))
     assert str(caught.value).startswith(message)
+
+
+def test_s3_settings_are_read_when_the_blob_backend_is_s3() -> None:
+    config = IngestConfig.from_env(
+        Env(
+            {
+                "BLOB_BACKEND": "s3",
+                "S3_BUCKET": "ragchat-docs",
+                "S3_PREFIX": "tenant/documents",
+                "S3_SSE": "aws:kms",
+                "S3_KMS_KEY_ID": "alias/ragchat",
+                "UPLOAD_URL_EXPIRY_SECONDS": "300",
+            }
+        )
+    )
+    assert config.s3 is not None
+    assert (config.s3.bucket, config.s3.prefix, config.s3.sse, config.s3.kms_key_id) == (
+        "ragchat-docs",
+        "tenant/documents/",
+        "aws:kms",
+        "alias/ragchat",
+    )
+    assert config.s3.upload_expiry_seconds == 300
+    assert IngestConfig.from_env(Env({})).s3 is None
+
+
+def test_ocr_settings() -> None:
+    config = IngestConfig.from_env(Env({"OCR_ENABLED": "false", "OCR_LANGUAGES": "eng", "OCR_DPI": "200"}))
+    assert (config.parse.ocr, config.parse.ocr_languages, config.parse.ocr_dpi) == (False, "eng", 200)
+    assert IngestConfig.from_env(Env({})).parse.ocr_languages == "kor+eng"

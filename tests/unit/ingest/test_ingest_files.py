@@ -116,7 +116,7 @@ def test_text_with_nul_bytes_is_not_text() -> None:
         ("photo.png", PNG, "photo.png: unsupported file type .png (a PNG image); supported types are"),
         ("tool.exe", b"MZ\x90\x00" + bytes(64), "tool.exe: unsupported file type .exe (a Windows executable)"),
         ("data.zip", b"PK\x03\x04" + bytes(64), "data.zip: unsupported file type .zip (a ZIP archive"),
-        ("report.docx", b"PK\x03\x04" + bytes(64), "report.docx: unsupported file type .docx"),
+        ("report.docx", b"PK\x03\x04" + bytes(64), "report.docx: the archive is damaged"),
         ("blob", PNG, "blob: unsupported file type (a PNG image); supported types are"),
     ],
 )

@@ -42,8 +42,47 @@ def test_ragchat_home_places_the_data_folder() -> None:
 
 def test_an_unavailable_backend_is_named_with_the_available_ones() -> None:
     with pytest.raises(ConfigError) as raised:
+        RetrievalConfig.from_env(Env({"RETRIEVAL_BACKEND": "elastic"}))
+    assert str(raised.value) == (
+        "RETRIEVAL_BACKEND='elastic' is not available; available backends: local, kendra, bedrock-kb"
+    )
+
+
+def test_dense_leg_settings() -> None:
+    config = RetrievalConfig.from_env(
+        Env(
+            {
+                "RETRIEVAL_DENSE": "false",
+                "EMBEDDING_MODEL_DIR": "/models/minilm",
+                "EMBEDDING_THREADS": "2",
+                "HYBRID_DENSE_WEIGHT": "0.4",
+                "ANN_THRESHOLD": "500",
+            }
+        )
+    )
+    assert (config.dense, config.embedding_model_dir, config.embedding_threads) == (False, Path("/models/minilm"), 2)
+    assert (config.dense_weight, config.ann_threshold) == (0.4, 500)
+    assert RetrievalConfig.from_env(Env({})).dense is True
+
+
+def test_kendra_needs_its_index_and_role() -> None:
+    with pytest.raises(ConfigError, match="KENDRA_INDEX_ID is required"):
         RetrievalConfig.from_env(Env({"RETRIEVAL_BACKEND": "kendra"}))
-    assert str(raised.value) == "RETRIEVAL_BACKEND='kendra' is not available; available backends: local"
+    config = RetrievalConfig.from_env(
+        Env({"RETRIEVAL_BACKEND": "kendra", "KENDRA_INDEX_ID": "idx", "KENDRA_ROLE_ARN": "arn:aws:iam::1:role/k"})
+    )
+    assert config.kendra is not None and config.aws is not None
+    assert (config.kendra.index_id, config.kendra.owner_attribute) == ("idx", "ragchat_owner")
+
+
+def test_bedrock_kb_needs_its_knowledge_base_and_data_source() -> None:
+    with pytest.raises(ConfigError, match="BEDROCK_KB_DATA_SOURCE_ID is required"):
+        RetrievalConfig.from_env(Env({"RETRIEVAL_BACKEND": "bedrock-kb", "BEDROCK_KB_ID": "kb"}))
+    config = RetrievalConfig.from_env(
+        Env({"RETRIEVAL_BACKEND": "Bedrock-KB", "BEDROCK_KB_ID": "kb", "BEDROCK_KB_DATA_SOURCE_ID": "ds"})
+    )
+    assert config.backend == "bedrock-kb" and config.bedrock_kb is not None
+    assert (config.bedrock_kb.knowledge_base_id, config.bedrock_kb.data_source_id) == ("kb", "ds")
 
 
 @pytest.mark.parametrize(
@@ -54,6 +93,8 @@ def test_an_unavailable_backend_is_named_with_the_available_ones() -> None:
         ("RETRIEVAL_TOP_K", "many"),
         ("MAX_CHUNKS_PER_DOCUMENT", "0"),
         ("PORT", "70000"),
+        ("HYBRID_DENSE_WEIGHT", "1.5"),
+        ("RETRIEVAL_DENSE", "maybe"),
     ],
 )
 def test_bad_numbers_fail_naming_the_variable(name: str, value: str) -> None:

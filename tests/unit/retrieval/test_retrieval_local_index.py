@@ -214,12 +214,12 @@ async def test_fts_syntax_in_queries_is_harmless(index: LocalIndex) -> None:
 
 
 @pytest.mark.parametrize("mode", [SearchMode.DENSE, SearchMode.HYBRID])
-async def test_dense_modes_are_not_available_yet(index: LocalIndex, mode: SearchMode) -> None:
-    with pytest.raises(FailedPrecondition, match=r"^dense retrieval is not available yet; use KEYWORD$"):
+async def test_dense_modes_fail_on_a_keyword_only_index(index: LocalIndex, mode: SearchMode) -> None:
+    with pytest.raises(FailedPrecondition, match=r"needs the dense leg, which is off on this index"):
         await index.search("alice", "anything", 5, (), mode)
 
 
-async def test_auto_mode_is_keyword(index: LocalIndex) -> None:
+async def test_auto_mode_is_keyword_on_a_keyword_only_index(index: LocalIndex) -> None:
     await index.index_document(DocumentHeader("alice", "d"), chunks("plum"))
     assert [p.chunk_id for p in await index.search("alice", "plum", 5, (), SearchMode.AUTO)] == ["c0"]
 

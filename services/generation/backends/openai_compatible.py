@@ -1,0 +1,269 @@
+"""Any OpenAI-compatible ``/v1/chat/completions`` streaming server (vLLM, TGI, llama.cpp, Ollama).
+
+The server applies its model's chat template to ``messages``. The answer arrives as
+server-sent events, ``data: {"choices": [{"delta": {"content": ...}, "finish_reason": ...}]}``,
+then ``data: [DONE]``; with ``stream_options.include_usage`` the last chunk carries the
+usage. An ``{"error": ...}`` event (or ``event: error``) mid-stream ends the answer with an
+error naming the server.
+
+Set-up (connecting, and a 429 / 5xx status before the first byte of the body) is retried up
+to ``OPENAI_MAX_ATTEMPTS`` times with exponential backoff (honouring a short
+``Retry-After``); a stream that has started is never retried. Closing the stream early
+closes the HTTP response, which closes the connection: the server stops generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from services.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    RagchatError,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from services.generation.backends import FinishReason
+from services.generation.backends.llm import ModelDelta, ModelEvent, ModelFinish, ModelRequest
+from services.generation.formats import openai_messages
+
+log = logging.getLogger(__name__)
+
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "eos_token": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "content_filter": "stop",
+    "tool_calls": "stop",
+}
+_RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Longest Retry-After honoured between attempts; a longer one ends the retries.
+_MAX_RETRY_AFTER = 10.0
+
+
+@dataclass(frozen=True)
+class OpenAISettings:
+    base_url: str
+    model: str
+    api_key: str | None = None
+    max_attempts: int = 3
+    connect_timeout: float = 5.0
+    # Longest silence between two chunks of a stream (and before the first one).
+    read_timeout: float = 120.0
+    include_usage: bool = True
+    backoff_base: float = 0.25
+
+
+def chat_completion_body(request: ModelRequest, settings: OpenAISettings) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": settings.model,
+        "messages": openai_messages(request.dialog),
+        "max_tokens": request.max_new_tokens,
+        "temperature": request.temperature,
+        "stream": True,
+    }
+    if 0 < request.top_p <= 1:
+        body["top_p"] = request.top_p
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if settings.include_usage:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+class OpenAIChatModel:
+    """The :class:`~services.generation.backends.llm.ChatModel` of an OpenAI-compatible server."""
+
+    def __init__(self, settings: OpenAISettings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self.name = f"openai:{settings.model}"
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        headers = {"Accept": "text/event-stream"}
+        if self._settings.api_key:
+            headers["Authorization"] = f"Bearer {self._settings.api_key}"
+        timeout = httpx.Timeout(
+            connect=self._settings.connect_timeout,
+            read=self._settings.read_timeout,
+            write=self._settings.connect_timeout,
+            pool=self._settings.connect_timeout,
+        )
+        self._client = httpx.AsyncClient(
+            base_url=self._settings.base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=timeout,
+            transport=self._transport,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        )
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def _open(self, body: dict[str, Any]) -> httpx.Response:
+        """The streaming response, once its status is 200; set-up failures retried within bounds."""
+        assert self._client is not None
+        attempts = self._settings.max_attempts
+        for attempt in range(1, attempts + 1):
+            delay = self._settings.backoff_base * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
+            try:
+                request = self._client.build_request("POST", "chat/completions", json=body)
+                response = await self._client.send(request, stream=True)
+            except httpx.TimeoutException as error:
+                failure: RagchatError = DeadlineExceeded(
+                    f"{self.name} at {self._settings.base_url} did not answer in time ({type(error).__name__}) "
+                    f"after {attempt} attempt(s): raise OPENAI_READ_TIMEOUT or check the server"
+                )
+                if isinstance(error, httpx.ConnectTimeout):
+                    failure = Unavailable(
+                        f"{self.name} at {self._settings.base_url} cannot be reached (connect timeout) after "
+                        f"{attempt} attempt(s): check OPENAI_BASE_URL and that the server runs"
+                    )
+            except httpx.TransportError as error:
+                failure = Unavailable(
+                    f"{self.name} at {self._settings.base_url} cannot be reached ({type(error).__name__}: {error}) "
+                    f"after {attempt} attempt(s): check OPENAI_BASE_URL and that the server runs"
+                )
+            else:
+                if response.status_code == 200:
+                    return response
+                detail = await _error_detail(response)
+                failure = self._status_error(response.status_code, detail, attempt)
+                if response.status_code not in _RETRIED_STATUSES:
+                    raise failure
+                retry_after = _retry_after(response)
+                if retry_after is not None:
+                    if retry_after > _MAX_RETRY_AFTER:
+                        raise failure
+                    delay = retry_after
+            if attempt < attempts:
+                log.info("%s: attempt %d failed (%s); retrying in %.2f s", self.name, attempt, failure.message, delay)
+                await asyncio.sleep(delay)
+        raise failure
+
+    def _status_error(self, status: int, detail: str, attempt: int) -> RagchatError:
+        where = f"{self.name} at {self._settings.base_url}"
+        if status == 429:
+            return ResourceExhausted(
+                f"{where} is rate-limiting ({detail}) after {attempt} attempt(s): try again shortly"
+            )
+        if status >= 500:
+            return Unavailable(f"{where} failed with HTTP {status} ({detail}) after {attempt} attempt(s)")
+        if status == 401:
+            return Unauthenticated(f"{where} refused the API key ({detail}): check OPENAI_API_KEY(_FILE)")
+        if status == 403:
+            return PermissionDenied(f"{where} forbids this call ({detail})")
+        if status == 404:
+            return FailedPrecondition(
+                f"{where} has no such model or path ({detail}): check OPENAI_BASE_URL and OPENAI_MODEL"
+            )
+        return InvalidArgument(f"{where} rejected the request with HTTP {status} ({detail})")
+
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
+        if self._client is None:
+            raise Unavailable(f"{self.name} is not started")
+        response = await self._open(chat_completion_body(request, self._settings))
+        sent = 0
+        reason: FinishReason | None = None
+        prompt_tokens: int | None = None
+        completion_tokens: int | None = None
+        event_name = ""
+        try:
+            async for line in response.aiter_lines():
+                if not line:
+                    event_name = ""
+                    continue
+                if line.startswith("event:"):
+                    event_name = line[6:].strip()
+                    continue
+                if not line.startswith("data:"):
+                    continue  # comments (": keep-alive"), ids, retry hints
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = self._parse(data, event_name, sent)
+                usage = chunk.get("usage")
+                if isinstance(usage, dict):
+                    prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
+                    completion_tokens = usage.get("completion_tokens", completion_tokens)
+                for choice in chunk.get("choices") or ():
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        sent += 1
+                        yield ModelDelta(content)
+                    if choice.get("finish_reason"):
+                        reason = _FINISH_REASONS.get(choice["finish_reason"], "stop")
+        except httpx.TimeoutException as error:
+            raise Unavailable(
+                f"{self.name} stalled for {self._settings.read_timeout:g} s after {sent} tokens "
+                f"({type(error).__name__}); the answer is incomplete"
+            ) from error
+        except httpx.TransportError as error:
+            raise Unavailable(
+                f"{self.name} broke the stream after {sent} tokens ({type(error).__name__}: {error}); "
+                "the answer is incomplete"
+            ) from error
+        finally:
+            await response.aclose()
+        if reason is None and not sent and completion_tokens is None:
+            raise Unavailable(f"{self.name} ended the stream without an answer or a finish reason")
+        yield ModelFinish(reason or "stop", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+
+    def _parse(self, data: str, event_name: str, sent: int) -> dict[str, Any]:
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError:
+            chunk = {"error": data} if event_name == "error" else None
+            if chunk is None:
+                raise Unavailable(f"{self.name} streamed an event that is not JSON: {data[:200]!r}") from None
+        if not isinstance(chunk, dict):
+            raise Unavailable(f"{self.name} streamed an unexpected event: {data[:200]!r}")
+        if event_name == "error" or chunk.get("error"):
+            error = chunk.get("error", chunk)
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise Unavailable(f"{self.name} reported an error after {sent} tokens of the answer: {message}")
+        return chunk
+
+
+async def _error_detail(response: httpx.Response) -> str:
+    try:
+        raw = await response.aread()
+    finally:
+        await response.aclose()
+    text = raw[:500].decode("utf-8", "replace")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return text.strip() or f"HTTP {response.status_code}"
+    error = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(error, dict):
+        return str(error.get("message", error))[:500]
+    return str(error)[:500]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
