@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import fields
 
 import grpc
 import grpc.aio
@@ -26,38 +27,16 @@ def downstream_error(service: str, error: grpc.aio.AioRpcError, timeout: float |
     return relayed
 
 
+# The domain Passage mirrors the proto message field for field.
+_PASSAGE_FIELDS = tuple(f.name for f in fields(Passage))
+
+
 def passage_from_proto(p: common_pb2.Passage) -> Passage:
-    return Passage(
-        chunk_id=p.chunk_id,
-        doc_id=p.doc_id,
-        title=p.title,
-        source=p.source,
-        page=p.page,
-        text=p.text,
-        score=p.score,
-        heading=p.heading,
-        char_start=p.char_start,
-        char_end=p.char_end,
-        language=p.language,
-        citation=p.citation,
-    )
+    return Passage(**{name: getattr(p, name) for name in _PASSAGE_FIELDS})
 
 
 def passage_to_proto(p: Passage) -> common_pb2.Passage:
-    return common_pb2.Passage(
-        chunk_id=p.chunk_id,
-        doc_id=p.doc_id,
-        title=p.title,
-        source=p.source,
-        page=p.page,
-        text=p.text,
-        score=p.score,
-        heading=p.heading,
-        char_start=p.char_start,
-        char_end=p.char_end,
-        language=p.language,
-        citation=p.citation,
-    )
+    return common_pb2.Passage(**{name: getattr(p, name) for name in _PASSAGE_FIELDS})
 
 
 _ROLES = {"user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT, "system": common_pb2.ROLE_SYSTEM}
