@@ -80,7 +80,7 @@ eval: gen
 	$(BIN)/ragchat eval
 
 soak: gen
-	$(BIN)/pytest -q -m soak tests/reliability
+	$(BIN)/pytest -q -ra -m soak --timeout=1800 tests/reliability
 
 test: gen
 	$(MAKE) lint typecheck
