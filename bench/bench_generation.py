@@ -6,8 +6,15 @@ service (``python -m services.generation`` with ``GENERATION_BACKEND=openai``) r
 and this client. Two backends: a fast one (10,000 tokens/s per stream) and a realistic one
 (50 tokens/s), each with 64 concurrent streams, measured in one run:
 
-* **direct**: the client reads the fake server itself (httpx, SSE): the reference.
-* **relay**: the client reads the same streams through the generation service over gRPC.
+* **direct**: the client reads the fake server itself, with the HTTP client, the line
+  handling and the event loop of the service's OpenAI adapter (``http_stream``, SSE lines,
+  JSON, uvloop): the reference.
+* **relay**: the client reads the same streams through the generation service over gRPC, on
+  one channel for the whole run (as the direct reference keeps its HTTP connections alive).
+
+``--client-loop asyncio`` runs this client (both paths) on asyncio's own loop instead.
+``--instructions`` counts, instead, the instructions the service executes per relayed answer
+under ``valgrind --tool=callgrind`` (a few minutes; independent of the machine's load).
 
 Latency of a token = time received by the client - time emitted by the fake server. First
 token = client's time to first token - the fake server's own (request received to first
@@ -23,6 +30,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -33,11 +41,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import grpc.aio
+import uvloop
+from ragchat.v1 import generation_pb2, generation_pb2_grpc
+
+from services.common.channels import open_channel
+from services.generation.backends.http_stream import StreamingHttpClient
 
 STREAMS = 64
 # Sequential one-stream requests measured for the service's own first-token latency.
-SINGLE_SAMPLES = 40
+SINGLE_SAMPLES = 100
 # Seconds over which the starts of the concurrent streams are spread.
 STAGGER = 1.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +150,7 @@ def _record(run: Run, stream: int, sent_ns: int, pieces: list[tuple[int, str]], 
 
 
 async def run_direct(
-    client: httpx.AsyncClient, rate: int, tokens: int, streams: int = STREAMS, stagger: float = 0.0
+    client: StreamingHttpClient, rate: int, tokens: int, streams: int = STREAMS, stagger: float = 0.0
 ) -> Run:
     """The reference: the streams read from the fake server itself, as the service reads them."""
     run = Run()
@@ -152,12 +165,16 @@ async def run_direct(
         }
         pieces: list[tuple[int, str]] = []
         sent = now_ns()
-        async with client.stream("POST", "chat/completions", json=body) as response:
-            async for line in response.aiter_lines():
+        response = await client.post("/chat/completions", json.dumps(body).encode())
+        try:
+            while (raw := await response.readline()) is not None:
+                line = raw.decode()
                 if line.startswith("data:") and line[5:].strip() != "[DONE]":
                     content = json.loads(line[5:])["choices"][0]["delta"].get("content")
                     if content:
                         pieces.append((now_ns(), content))
+        finally:
+            response.close()
         _record(run, stream, sent, pieces, tokens)
 
     started = time.perf_counter()
@@ -166,14 +183,14 @@ async def run_direct(
     return run
 
 
-async def run_relay(address: str, rate: int, tokens: int, streams: int = STREAMS, stagger: float = 0.0) -> Run:
-    from ragchat.v1 import generation_pb2, generation_pb2_grpc
-
-    from services.common.channels import open_channel
-
+async def run_relay(
+    stub: generation_pb2_grpc.GenerationServiceStub,
+    rate: int,
+    tokens: int,
+    streams: int = STREAMS,
+    stagger: float = 0.0,
+) -> Run:
     run = Run()
-    channel = open_channel(address)
-    stub = generation_pb2_grpc.GenerationServiceStub(channel)
 
     async def one(stream: int) -> None:
         request = generation_pb2.GenerateRequest(
@@ -187,12 +204,9 @@ async def run_relay(address: str, rate: int, tokens: int, streams: int = STREAMS
                 pieces.append((now_ns(), response.token))
         _record(run, stream, sent, pieces, tokens)
 
-    try:
-        started = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(streams)))
-        run.seconds = time.perf_counter() - started
-    finally:
-        await channel.close()
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(streams)))
+    run.seconds = time.perf_counter() - started
     return run
 
 
@@ -228,8 +242,6 @@ def pct(values: Sequence[float], q: float) -> float:
 async def wait_serving(address: str, deadline: float) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from services.common.channels import open_channel
-
     while True:
         channel = open_channel(address)
         try:
@@ -245,69 +257,141 @@ async def wait_serving(address: str, deadline: float) -> None:
         await asyncio.sleep(0.2)
 
 
-async def measure(tokens_fast: int, tokens_real: int) -> int:
+def start_processes(
+    home: str, wrapper: Sequence[str] = ()
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int, str]:
+    """The fake model server and the generation service relaying it (``wrapper`` runs the service,
+    e.g. under valgrind); returns both processes, the fake's port and the service's address."""
     fake_port, service_port = free_port(), free_port()
+    fake = subprocess.Popen([sys.executable, "-m", "bench.bench_generation", "--serve-fake", str(fake_port)], cwd=ROOT)
+    env = {
+        **os.environ,
+        "GENERATION_BACKEND": "openai",
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
+        "OPENAI_MODEL": "fake",
+        "OPENAI_STREAM_USAGE": "false",
+        "PORT": str(service_port),
+        "HOST": "127.0.0.1",
+        "LOG_LEVEL": "warning",
+        "RAGCHAT_HOME": home,
+        "GENERATION_CONTEXT_WINDOW": "16384",
+    }
+    service = subprocess.Popen(
+        [*wrapper, sys.executable, "-m", "services.generation"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if wrapper else None,
+    )
+    return fake, service, fake_port, f"127.0.0.1:{service_port}"
+
+
+def stop_processes(*processes: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def measure(tokens_fast: int, tokens_real: int, client_loop: str) -> int:
     with tempfile.TemporaryDirectory() as home:
-        fake = subprocess.Popen(  # noqa: ASYNC220 (started once, before any measurement)
-            [sys.executable, "-m", "bench.bench_generation", "--serve-fake", str(fake_port)], cwd=ROOT
-        )
-        env = {
-            **os.environ,
-            "GENERATION_BACKEND": "openai",
-            "OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
-            "OPENAI_MODEL": "fake",
-            "OPENAI_STREAM_USAGE": "false",
-            "PORT": str(service_port),
-            "HOST": "127.0.0.1",
-            "LOG_LEVEL": "warning",
-            "RAGCHAT_HOME": home,
-            "GENERATION_CONTEXT_WINDOW": "16384",
-        }
-        service = subprocess.Popen(  # noqa: ASYNC220
-            [sys.executable, "-m", "services.generation"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
-        )
-        address = f"127.0.0.1:{service_port}"
-        base: httpx.AsyncClient | None = None
+        fake, service, fake_port, address = start_processes(home)
+        http: StreamingHttpClient | None = None
+        channel: grpc.aio.Channel | None = None
         try:
             await wait_serving(address, time.monotonic() + 30)
-            limits = httpx.Limits(max_connections=None, max_keepalive_connections=STREAMS)
-            base = httpx.AsyncClient(base_url=f"http://127.0.0.1:{fake_port}/v1/", limits=limits, timeout=60.0)
-            await run_direct(base, 10_000, 20)  # warm-up
-            await run_relay(address, 10_000, 20)  # warm-up: connections, imports, caches
+            http = StreamingHttpClient(f"http://127.0.0.1:{fake_port}/v1", headers={"Accept": "text/event-stream"})
+            channel = open_channel(address)
+            stub = generation_pb2_grpc.GenerationServiceStub(channel)
+            await run_direct(http, 10_000, 20)  # warm-up
+            await run_relay(stub, 10_000, 20)  # warm-up: connections, imports, caches
             rss = [rss_mb(service.pid)]
             rows = []
             # One stream at a time: the service's own latency, without queueing behind other streams.
             direct_single, relay_single = Run(), Run()
             for _ in range(SINGLE_SAMPLES):
-                _merge(direct_single, await run_direct(base, 10_000, 5, streams=1))
-                _merge(relay_single, await run_relay(address, 10_000, 5, streams=1))
+                _merge(direct_single, await run_direct(http, 10_000, 5, streams=1))
+                _merge(relay_single, await run_relay(stub, 10_000, 5, streams=1))
             rows.append(("single stream", 10_000, 5, direct_single, relay_single))
             # 64 concurrent streams, their starts spread over STAGGER seconds (as users arrive).
             for label, rate, tokens in (("fast", 10_000, tokens_fast), ("realistic", 50, tokens_real)):
-                direct = await run_direct(base, rate, tokens, stagger=STAGGER / STREAMS)
-                relay = await run_relay(address, rate, tokens, stagger=STAGGER / STREAMS)
+                direct = await run_direct(http, rate, tokens, stagger=STAGGER / STREAMS)
+                relay = await run_relay(stub, rate, tokens, stagger=STAGGER / STREAMS)
                 rss.append(rss_mb(service.pid))
                 rows.append((f"{label}, {STREAMS} streams", rate, tokens, direct, relay))
             # Memory flat: the same load again must not grow the service.
             for _ in range(3):
-                await run_relay(address, 10_000, tokens_fast)
+                await run_relay(stub, 10_000, tokens_fast)
                 rss.append(rss_mb(service.pid))
         finally:
-            if base is not None:
-                await base.aclose()
-            service.terminate()
-            fake.terminate()
-            service.wait(30)
-            fake.wait(30)
-    report(rows, rss)
+            if http is not None:
+                await http.aclose()
+            if channel is not None:
+                await channel.close()
+            stop_processes(service, fake)
+    report(rows, rss, client_loop)
     ok = all(not relay.broken and not direct.broken for *_, direct, relay in rows)
     return 0 if ok else 1
 
 
-def report(rows: list[tuple[str, int, int, Run, Run]], rss: list[float]) -> None:
+# ---------------------------------------------------------------- instructions (load-independent)
+
+# (label, tokens/s of the fake, tokens per answer, answers counted)
+INSTRUCTION_LOADS = (("5 tokens at 10,000/s", 10_000, 5, 60), ("20 tokens at 50/s", 50, 20, 40))
+
+
+async def _callgrind_total(rate: int, tokens: int, answers: int) -> int:
+    """Instructions the service process executes (all threads, user space) from its start to
+    its exit, having relayed a warm-up and then ``answers`` answers one after another."""
+    with tempfile.TemporaryDirectory() as home:
+        out = Path(home) / "callgrind.out"
+        fake, service, _, address = start_processes(
+            home, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+        )
+        channel: grpc.aio.Channel | None = None
+        try:
+            await wait_serving(address, time.monotonic() + 600)
+            channel = open_channel(address)
+            stub = generation_pb2_grpc.GenerationServiceStub(channel)
+            await run_relay(stub, 10_000, tokens, streams=5)  # warm-up: connections, imports, caches
+            for _ in range(answers):
+                run = await run_relay(stub, rate, tokens, streams=1)
+                if run.broken:
+                    raise RuntimeError(f"broken stream under valgrind: {run.broken}")
+        finally:
+            if channel is not None:
+                await channel.close()
+            stop_processes(service, fake, timeout=600)
+        for line in out.read_text().splitlines():
+            if line.startswith("summary:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no summary line in {out}")
+
+
+async def count_instructions() -> int:
+    """Instructions per relayed answer: two runs under callgrind, without and with the answers."""
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    print("Generation service, instructions per relayed answer (valgrind --tool=callgrind, all threads)\n")
+    print("| answer | instructions per answer |")
+    print("|---|---:|")
+    for label, rate, tokens, answers in INSTRUCTION_LOADS:
+        base = await _callgrind_total(rate, tokens, 0)
+        total = await _callgrind_total(rate, tokens, answers)
+        print(f"| {label} | {(total - base) / answers / 1e6:.2f} M |", flush=True)
+    return 0
+
+
+def report(rows: list[tuple[str, int, int, Run, Run]], rss: list[float], client_loop: str) -> None:
     print(
-        f"Generation relay: one stream at a time, then {STREAMS} concurrent streams started over {STAGGER:g} s "
-        f"(preliminary: noisy shared 2-core machine, load average {os.getloadavg()[0]:.1f})\n"
+        f"Generation relay: one stream at a time, then {STREAMS} concurrent streams started over {STAGGER:g} s; "
+        f"client on {client_loop} (preliminary: noisy shared 2-core machine, load average "
+        f"{os.getloadavg()[0]:.1f})\n"
     )
     print(
         "| backend | tokens/stream | path | first token p50 / p99 (ms) | per token p50 / p99 (ms) "
@@ -348,12 +432,27 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--serve-fake", type=int, metavar="PORT", help="run the fake model server (internal)")
     parser.add_argument("--fast-tokens", type=int, default=400)
     parser.add_argument("--realistic-tokens", type=int, default=100)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count the service's instructions per answer under valgrind instead (slow, load-independent)",
+    )
+    parser.add_argument(
+        "--client-loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop of this client (both paths); uvloop, as the service's own, makes the direct "
+        "reference read the stream exactly as the service does",
+    )
     args = parser.parse_args(argv)
     if args.serve_fake is not None:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_fake(args.serve_fake))
         return 0
-    return asyncio.run(measure(args.fast_tokens, args.realistic_tokens))
+    run = uvloop.run if args.client_loop == "uvloop" else asyncio.run
+    if args.instructions:
+        return run(count_instructions())
+    return run(measure(args.fast_tokens, args.realistic_tokens, args.client_loop))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,12 @@ Reference, in the same run over the same chunks and the same model: LangChain
 ``EnsembleRetriever`` (weights 0.5/0.5) of ``BM25Retriever`` (rank_bm25) and an
 ``InMemoryVectorStore`` retriever; in-process p50 / p99 and throughput with 16 threads.
 
+The keyword leg alone, per level, the same queries through both engines in the same run
+(alternating query by query, so both see the same machine load): the previous one (SQLite FTS5
+``bm25()``, its exact table, tokenizer and MATCH expression, rebuilt here as the baseline) and
+the current one (:class:`~services.retrieval.backends.keyword.KeywordIndex`, tantivy), each
+returning the top 100 candidates the hybrid search asks for; p50 / p99 and their ratio.
+
 Also, at 100k: the ANN engine choice (hnswlib vs usearch vs exact numpy): build time, query
 p50, recall@10 against exact search.
 
@@ -34,6 +40,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -58,6 +65,11 @@ CONCURRENCY = 16
 THROUGHPUT_SECONDS = 8.0
 TOP_K = 5
 OWNER = "bench"
+# Candidates the hybrid search takes from each leg (local_index.MIN_CANDIDATES).
+KEYWORD_POOL = 100
+# The previous keyword leg: FTS5 table, tokenizer and bm25() column weights (owner, doc, title, body).
+FTS5_TOKENIZER = "porter unicode61 remove_diacritics 2"
+FTS5_TITLE_WEIGHT = 0.5
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -324,6 +336,64 @@ def reference(texts: list[str], vectors: np.ndarray, model: Any, queries: list[s
     }
 
 
+def _fts5_quote(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
+
+
+def keyword_engines(folder: Path, texts: list[str], queries: list[str]) -> dict[str, float]:
+    """FTS5 (the previous keyword leg) vs tantivy (the current one): top-100 latency on the same queries."""
+    from services.retrieval.backends.keyword import KeywordChunk, KeywordIndex, query_terms, term_string
+    from services.retrieval.backends.local_index import DEFAULT_TITLE_WEIGHT
+
+    terms = [term_string(text) for text in texts]
+    db = sqlite3.connect(folder / "fts5.db")
+    db.execute(f"CREATE VIRTUAL TABLE chunk_fts USING fts5(owner, doc, title, body, tokenize='{FTS5_TOKENIZER}')")
+    with db:
+        db.executemany(
+            "INSERT INTO chunk_fts (rowid, owner, doc, title, body) VALUES (?, '1', ?, '', ?)",
+            ((key + 1, str(key // CHUNKS_PER_DOCUMENT + 1), body) for key, body in enumerate(terms)),
+        )
+    keyword = KeywordIndex(folder / "keyword", title_weight=DEFAULT_TITLE_WEIGHT)
+    keyword.open("bench")
+    keyword.apply(
+        [],
+        (KeywordChunk(key + 1, 1, key // CHUNKS_PER_DOCUMENT + 1, "", body) for key, body in enumerate(terms)),
+        1,
+    )
+    keyword.commit()
+
+    def fts5(query_terms_: list[str]) -> int:
+        expression = 'owner:"1" AND {title body}:(' + " OR ".join(_fts5_quote(t) for t in query_terms_) + ")"
+        rows = db.execute(
+            "SELECT rowid, bm25(chunk_fts, 0.0, 0.0, ?, 1.0) AS rank FROM chunk_fts WHERE chunk_fts MATCH ?"
+            " ORDER BY rank, rowid LIMIT ?",
+            (FTS5_TITLE_WEIGHT, expression, KEYWORD_POOL),
+        ).fetchall()
+        return len(rows)
+
+    def tantivy(query_terms_: list[str]) -> int:
+        return len(keyword.search(1, query_terms_, None, KEYWORD_POOL))
+
+    timings: dict[str, list[float]] = {"fts5": [], "tantivy": []}
+    try:
+        for query in queries:
+            found = query_terms(query)
+            if not found:
+                continue
+            for name, engine in (("fts5", fts5), ("tantivy", tantivy)):
+                begun = time.perf_counter()
+                engine(found)
+                timings[name].append((time.perf_counter() - begun) * 1000)
+    finally:
+        keyword.close()
+        db.close()
+    return {
+        f"{name}_{stat}": value
+        for name, values in timings.items()
+        for stat, value in (("p50", statistics.median(values)), ("p99", percentile(values, 99)))
+    }
+
+
 def ann_choice(vectors: np.ndarray, queries: np.ndarray) -> list[str]:
     """hnswlib vs usearch vs exact: build seconds, query p50 (ms), recall@10 against exact."""
     import hnswlib  # type: ignore[import-untyped,unused-ignore]
@@ -379,6 +449,7 @@ async def run(levels: list[int], with_ann_choice: bool) -> str:
         "|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     ratios: list[str] = []
+    keyword_rows: list[str] = []
     ann_rows: list[str] = []
     for level in levels:
         level_texts, level_vectors = corpus(level, real, vectors)
@@ -387,6 +458,7 @@ async def run(levels: list[int], with_ann_choice: bool) -> str:
             indexing = await build_index(data_dir / "index.db", level_texts, level_vectors, model)
             local, open_seconds = await in_process(data_dir / "index.db", model, queries)
             served = await over_grpc(data_dir, queries)
+            engines = keyword_engines(data_dir, level_texts, queries)
         ref = reference(level_texts, level_vectors, model, queries[: REFERENCE_QUERIES.get(level, 40)])
         lines.append(
             f"| {level:,} | ours | {indexing['rate_embedded']:.0f} with embedding, "
@@ -403,9 +475,22 @@ async def run(levels: list[int], with_ann_choice: bool) -> str:
             f"p50 reference / ours (in-process) = {ref['p50'] / statistics.median(local):.1f}×; "
             f"service start {served['start_s']:.1f} s, index open in-process {open_seconds:.1f} s"
         )
+        keyword_rows.append(
+            f"| {level:,} | {engines['fts5_p50']:.2f} / {engines['fts5_p99']:.2f} "
+            f"| {engines['tantivy_p50']:.2f} / {engines['tantivy_p99']:.2f} "
+            f"| {engines['fts5_p50'] / engines['tantivy_p50']:.1f}× |"
+        )
         if with_ann_choice and level >= 100_000:
             ann_rows = ann_choice(level_vectors, model.embed(queries[:100]))
     lines += ["", *ratios]
+    lines += [
+        "",
+        f"Keyword leg alone, top {KEYWORD_POOL} of one owner, the same queries alternating between the engines:",
+        "",
+        "| chunks | SQLite FTS5 bm25() p50 / p99 (ms) | tantivy p50 / p99 (ms) | p50 ratio |",
+        "|---:|---:|---:|---:|",
+        *keyword_rows,
+    ]
     if ann_rows:
         lines += [
             "",

@@ -6,6 +6,20 @@ that escapes a handler becomes INTERNAL with the request id, and is logged with 
 
 from __future__ import annotations
 
+# A status message travels in an HTTP/2 trailer, and clients drop a status whose metadata passes
+# ~16 KB (they report RESOURCE_EXHAUSTED "Stream removed" instead): a message that echoes a
+# user's input is cut to this many characters, keeping its beginning and end.
+MAX_MESSAGE_CHARS = 2_000
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message``, or its first and last parts around "…" when it is longer than ``limit``."""
+    if len(message) <= limit:
+        return message
+    cut = len(message) - limit + 1
+    head = (limit - 1) // 2
+    return f"{message[:head]}…[{cut} characters cut]…{message[head + cut :]}"
+
 
 class RagchatError(Exception):
     """Base of every error that has a precise gRPC status."""
@@ -13,6 +27,7 @@ class RagchatError(Exception):
     code: str = "INTERNAL"
 
     def __init__(self, message: str) -> None:
+        message = bounded(message)
         super().__init__(message)
         self.message = message
 

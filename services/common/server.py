@@ -76,7 +76,8 @@ class GrpcServer:
             raise OSError(f"{self.app.name}: cannot listen on {self.config.host}:{self.config.port}")
         await server.start()
         self._server = server
-        log.info("listening", extra={"port": self.port, "host": self.config.host})
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # "asyncio" or "uvloop"
+        log.info("listening", extra={"port": self.port, "host": self.config.host, "event_loop": loop})
         try:
             await self.app.start()
         except BaseException:

@@ -163,6 +163,7 @@ class ChatEngine:
             backends={"retrieval": self._retriever.name, "generation": self._generator.name},
         )
         streaming = False
+        recorded = False
         try:
             if not question:
                 raise InvalidArgument("question is empty: type a question")
@@ -188,20 +189,32 @@ class ChatEngine:
             used: list[Passage] = []  # per turn: filled by _answer with the passages the answer used
             async for event in self._answer(question, owner, options, earlier, record, started_at, used):
                 yield event
-            await self._conversations.add_turn(
-                owner,
-                conversation_id,
-                title,
-                TurnRecord(
-                    turn_id=turn_id,
-                    question=question,
-                    condensed_question=record.condensed_question,
-                    answer=record.answer,
-                    references=used,
-                    created_at=record.created_at,
-                ),
-            )
             record.latency_ms["total"] = round((time.perf_counter() - started_at) * 1000, 2)
+            # The turn and its call record are written in one transaction: a gateway killed here
+            # leaves both or neither, and a client leaving after this point changes neither.
+            saving = asyncio.ensure_future(
+                self._conversations.add_turn(
+                    owner,
+                    conversation_id,
+                    title,
+                    TurnRecord(
+                        turn_id=turn_id,
+                        question=question,
+                        condensed_question=record.condensed_question,
+                        answer=record.answer,
+                        references=used,
+                        created_at=record.created_at,
+                    ),
+                    record,
+                )
+            )
+            try:
+                await asyncio.shield(saving)
+            except asyncio.CancelledError:
+                await saving  # the turn is saved with its record even when the caller leaves now
+                recorded = True
+                raise
+            recorded = True
             if options.references:
                 yield ReferencesOut(used)
             yield Finished(
@@ -218,14 +231,18 @@ class ChatEngine:
             log.warning("chat turn failed", extra={"code": error.code, "error": error.message})
             yield Failed(code=error.code, message=error.message)
         except (asyncio.CancelledError, GeneratorExit):
-            record.status, record.error = "CANCELLED", "the client went away before the answer was complete"
+            if not recorded:
+                record.status, record.error = "CANCELLED", "the client went away before the answer was complete"
             raise
         except Exception as error:
+            if recorded:
+                raise
             record.status, record.error = "INTERNAL", repr(error)
             raise
         finally:
-            record.latency_ms.setdefault("total", round((time.perf_counter() - started_at) * 1000, 2))
-            await _finish_despite_cancellation(self._write_record(record))
+            if not recorded:
+                record.latency_ms.setdefault("total", round((time.perf_counter() - started_at) * 1000, 2))
+                await _finish_despite_cancellation(self._write_record(record))
 
     async def _write_record(self, record: CallRecord) -> None:
         """Write the call record; a store that fails does not change what the caller was told."""

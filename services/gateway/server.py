@@ -28,7 +28,9 @@ def _history(
         from services.gateway.backends.dynamo_store import DynamoCallLog, DynamoConversationStore
 
         client = make_client("dynamodb", config.aws)
-        dynamo_conversations = DynamoConversationStore(client, config.dynamo.conversations_table)
+        dynamo_conversations = DynamoConversationStore(
+            client, config.dynamo.conversations_table, calls_table=config.dynamo.calls_table
+        )
         dynamo_calls = DynamoCallLog(client, config.dynamo.calls_table)
 
         async def open_dynamo() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -213,33 +214,44 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if first is None or not first.HasField("header"):
             raise InvalidArgument("an upload starts with a header message (filename, size), then the file's bytes")
         header = first.header
-        problem: list[str] = []
-
-        async def forward() -> AsyncIterator[ingest_pb2.UploadRequest]:
-            yield ingest_pb2.UploadRequest(
-                header=ingest_pb2.UploadHeader(
-                    owner=user,
-                    filename=header.filename,
-                    content_type=header.content_type,
-                    size_bytes=header.size_bytes,
-                    title=header.title,
+        started = time.perf_counter()
+        # The ingest call is written message by message (not fed from a generator), so a bad
+        # message from the client cancels it at once and the client hears why.
+        call = self._ingest.Upload(timeout=self._config.ingest_timeout)
+        try:
+            await call.write(
+                ingest_pb2.UploadRequest(
+                    header=ingest_pb2.UploadHeader(
+                        owner=user,
+                        filename=header.filename,
+                        content_type=header.content_type,
+                        size_bytes=header.size_bytes,
+                        title=header.title,
+                    )
                 )
             )
             async for part in request_iterator:
                 if not part.HasField("data"):
-                    problem.append("only the first message of an upload may carry a header")
-                    raise ValueError(problem[-1])
-                yield ingest_pb2.UploadRequest(data=part.data)
-
-        started = time.perf_counter()
-        try:
-            response: ingest_pb2.UploadResponse = await self._ingest.Upload(
-                forward(), timeout=self._config.ingest_timeout
-            )
-        except grpc.aio.AioRpcError as rpc_error:
-            error = InvalidArgument(problem[0]) if problem else downstream_error("ingest", rpc_error)
+                    call.cancel()
+                    refused = InvalidArgument(
+                        "after the header, every message of an upload carries file bytes (data);"
+                        " the header is sent once, first"
+                    )
+                    await self._log_document_call(
+                        user, "upload", refused.code, refused.message, filename=header.filename
+                    )
+                    raise refused
+                await call.write(ingest_pb2.UploadRequest(data=part.data))
+            await call.done_writing()
+            response: ingest_pb2.UploadResponse = await call
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as failure:
+            # A write to a call ingest has already answered fails; the call's own status says why.
+            error = downstream_error("ingest", await _call_error(call, failure))
             await self._log_document_call(user, "upload", error.code, error.message, filename=header.filename)
             raise error from None
+        except BaseException:
+            call.cancel()
+            raise
         await self._log_document_call(
             user,
             "upload",
@@ -383,3 +395,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if not await self._conversations.delete(user, request.conversation_id):
             raise NotFound(f"no conversation {request.conversation_id!r}")
         return gateway_pb2.DeleteConversationResponse(conversation_id=request.conversation_id)
+
+
+async def _call_error(call: grpc.aio.StreamUnaryCall[Any, Any], failure: BaseException) -> grpc.aio.AioRpcError:
+    """The finished call's status as an error (a failed write raises InvalidStateError, not the status)."""
+    if isinstance(failure, grpc.aio.AioRpcError):
+        return failure
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error
+    raise RuntimeError("the ingest call refused a write but finished with OK") from failure

@@ -9,6 +9,7 @@ from typing import cast
 from services.common.aws import AwsConfig
 from services.common.config import ConfigError, Env, ServerConfig
 from services.generation.backends.bedrock import BedrockSettings
+from services.generation.backends.http_stream import Origin
 from services.generation.backends.llm import LLMSettings
 from services.generation.backends.openai_compatible import OpenAISettings
 from services.generation.backends.sagemaker import PAYLOAD_STYLES, PayloadStyle, SageMakerSettings
@@ -107,6 +108,10 @@ def _openai_settings(env: Env) -> OpenAISettings:
         raise ConfigError(
             f"OPENAI_BASE_URL={base_url!r} must start with http:// or https:// (e.g. http://vllm:8000/v1)"
         )
+    try:
+        Origin.from_url(base_url)
+    except ValueError as error:
+        raise ConfigError(f"OPENAI_BASE_URL: {error} (e.g. http://vllm:8000/v1)") from None
     api_key = env.optional("OPENAI_API_KEY")
     key_file = env.optional("OPENAI_API_KEY_FILE")
     if key_file is not None:
@@ -118,6 +123,8 @@ def _openai_settings(env: Env) -> OpenAISettings:
             raise ConfigError(f"OPENAI_API_KEY_FILE={key_file!r} cannot be read: {error.strerror}") from None
         if api_key is None:
             raise ConfigError(f"OPENAI_API_KEY_FILE={key_file!r} is empty")
+    if api_key is not None and ("\n" in api_key or "\r" in api_key):
+        raise ConfigError("the OpenAI API key contains a line break: give the key alone, on one line")
     return OpenAISettings(
         base_url=base_url,
         model=env.string("OPENAI_MODEL"),

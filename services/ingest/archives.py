@@ -6,13 +6,18 @@ bomb (a few KB that inflate to GBs) or carry tens of thousands of members; both 
 rejected from the archive's central directory, before any member is inflated. The
 declared sizes bound the inflation too: :mod:`zipfile` never returns more bytes for a
 member than its header declares (and then fails the CRC check), so a member that lies
-about its size cannot exceed the limits either.
+about its size cannot exceed the limits either, provided it is read in bounded pieces:
+``ZipFile.read`` inflates a member's whole compressed data at once (up to 2 GB from a 2 MB
+member that lies) before cutting it to the declared size. This service reads in pieces; the
+parsers, which use ``ZipFile.read``, are bounded by the sandbox's memory limit.
 """
 
 from __future__ import annotations
 
 import io
+import lzma
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -32,6 +37,11 @@ _MAIN_PARTS: tuple[tuple[str, str], ...] = (
     ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml", XLSX),
     ("application/vnd.ms-excel.sheet.macroenabled.main+xml", XLSX),
 )
+
+
+# What zipfile raises on damaged bytes: besides BadZipFile, NotImplementedError for a version or a
+# compression method it does not know, and the decompressors' own errors for corrupt data.
+_DAMAGED = (zipfile.BadZipFile, NotImplementedError, zlib.error, lzma.LZMAError, ValueError, EOFError, OSError)
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,7 @@ def open_package(data: bytes, limits: ArchiveLimits) -> zipfile.ZipFile:
     """The checked archive of ``data``; raises :class:`ArchiveError`."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError, EOFError) as error:
+    except _DAMAGED as error:
         raise ArchiveError(f"the archive is damaged ({error})") from None
     try:
         check_archive(archive, len(data), limits)
@@ -103,8 +113,11 @@ def office_type(data: bytes, limits: ArchiveLimits) -> str | None:
         if info.file_size > _MAX_CONTENT_TYPES_BYTES:
             raise ArchiveError(f"{_CONTENT_TYPES_PART} is {_size(info.file_size)}; a real one is a few KB")
         try:
-            declared = archive.read(info).lower()
-        except (zipfile.BadZipFile, ValueError, EOFError, OSError) as error:
+            # Read in bounded pieces: ``archive.read`` inflates a member's whole compressed data in
+            # one call (up to 2 GB) before cutting it to the size the header declares.
+            with archive.open(info) as part:
+                declared = part.read(_MAX_CONTENT_TYPES_BYTES + 1).lower()
+        except _DAMAGED as error:
             raise ArchiveError(f"the archive is damaged ({error})") from None
     for marker, content_type in _MAIN_PARTS:
         if marker.encode() in declared:

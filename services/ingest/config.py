@@ -9,10 +9,13 @@ from pathlib import Path
 from services.common.aws import AwsConfig
 from services.common.config import ConfigError, Env, ServerConfig, data_dir
 from services.ingest.archives import ArchiveLimits
+from services.ingest.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP_TOKENS
 from services.ingest.extraction import ParseOptions
 
 DEFAULT_PORT = 50052
 BLOB_BACKENDS = ("local", "s3")
+REGISTRY_BACKENDS = ("sqlite", "dynamodb")
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 # S3_SSE values (read case-insensitively) → the x-amz-server-side-encryption value.
 SSE_MODES = {"aes256": "AES256", "aws:kms": "aws:kms"}
 _S3_PREFIX = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)*$")
@@ -53,6 +56,44 @@ class S3Config:
 
 
 @dataclass(frozen=True)
+class DynamoRegistryConfig:
+    """The shared registry (``INGEST_REGISTRY=dynamodb``): its tables and the job leases."""
+
+    documents_table: str
+    jobs_table: str
+    uploads_table: str
+    # A job whose pod stops renewing its lease for this long is resumed by another pod.
+    lease_seconds: float
+    # How often each pod looks for such jobs.
+    recovery_seconds: float
+    # How often a watcher re-reads a job that runs in another pod.
+    watch_poll_seconds: float
+    aws: AwsConfig
+
+    @classmethod
+    def from_env(cls, env: Env) -> DynamoRegistryConfig:
+        tables: dict[str, str] = {}
+        for variable, default in (
+            ("DYNAMO_DOCUMENTS_TABLE", "ragchat-ingest-documents"),
+            ("DYNAMO_JOBS_TABLE", "ragchat-ingest-jobs"),
+            ("DYNAMO_UPLOADS_TABLE", "ragchat-ingest-uploads"),
+        ):
+            name = env.string(variable, default)
+            if not _TABLE_NAME.match(name):
+                raise ConfigError(f"{variable}={name!r} is not a DynamoDB table name (3-255 of A-Z a-z 0-9 _ . -)")
+            tables[variable] = name
+        return cls(
+            documents_table=tables["DYNAMO_DOCUMENTS_TABLE"],
+            jobs_table=tables["DYNAMO_JOBS_TABLE"],
+            uploads_table=tables["DYNAMO_UPLOADS_TABLE"],
+            lease_seconds=env.real("INGEST_LEASE_SECONDS", 60.0, minimum=3.0, maximum=3600.0),
+            recovery_seconds=env.real("INGEST_RECOVERY_SECONDS", 30.0, minimum=1.0, maximum=3600.0),
+            watch_poll_seconds=env.real("INGEST_WATCH_POLL_SECONDS", 1.0, minimum=0.05, maximum=60.0),
+            aws=AwsConfig.from_env(env),
+        )
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     server: ServerConfig
     data_dir: Path
@@ -71,6 +112,8 @@ class IngestConfig:
     summarize: bool
     parse: ParseOptions
     s3: S3Config | None
+    registry: str
+    dynamo: DynamoRegistryConfig | None
 
     @property
     def blob_dir(self) -> Path:
@@ -87,8 +130,9 @@ class IngestConfig:
             raise ConfigError(
                 f"BLOB_BACKEND={blob_backend!r} is not available; available values: {', '.join(BLOB_BACKENDS)}"
             )
-        chunk_tokens = env.integer("CHUNK_TOKENS", 220, minimum=20, maximum=4000)
-        overlap = env.integer("CHUNK_OVERLAP_TOKENS", 40, minimum=0, maximum=4000)
+        registry = env.choice("INGEST_REGISTRY", "sqlite", REGISTRY_BACKENDS)
+        chunk_tokens = env.integer("CHUNK_TOKENS", DEFAULT_CHUNK_TOKENS, minimum=20, maximum=4000)
+        overlap = env.integer("CHUNK_OVERLAP_TOKENS", DEFAULT_OVERLAP_TOKENS, minimum=0, maximum=4000)
         if overlap >= chunk_tokens:
             raise ConfigError(f"CHUNK_OVERLAP_TOKENS={overlap} must be less than CHUNK_TOKENS={chunk_tokens}")
         max_upload_bytes = env.integer("MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1, maximum=1024**4)
@@ -128,4 +172,6 @@ class IngestConfig:
             summarize=env.flag("INGEST_SUMMARIZE", True),
             parse=parse,
             s3=S3Config.from_env(env) if blob_backend == "s3" else None,
+            registry=registry,
+            dynamo=DynamoRegistryConfig.from_env(env) if registry == "dynamodb" else None,
         )

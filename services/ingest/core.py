@@ -35,7 +35,7 @@ from services.ingest.backends import (
     PresignedPut,
     Stage,
 )
-from services.ingest.backends.local_registry import SqliteRegistry
+from services.ingest.backends.registry import Registry
 from services.ingest.files import (
     SUPPORTED_TYPES,
     content_type_for,
@@ -98,7 +98,7 @@ class Ingest:
     def __init__(
         self,
         *,
-        registry: SqliteRegistry,
+        registry: Registry,
         blobs: BlobStore,
         indexer: Indexer,
         runner: JobRunner,

@@ -233,7 +233,7 @@ def parse_pdf(data: bytes, progress: Progress, options: ParseOptions) -> Extract
             raise ExtractionError("INVALID_ARGUMENT", "the PDF has no pages")
         raw: list[str] = []
         for index in range(total):
-            page = pdf[index]
+            page = _load_page(pdf, index, total)
             try:
                 textpage = page.get_textpage()
                 try:
@@ -248,7 +248,7 @@ def parse_pdf(data: bytes, progress: Progress, options: ParseOptions) -> Extract
         for index, text in enumerate(texts):
             # A page with (next to) no text besides its running header is a scan or a figure.
             if options.ocr and len(text.strip()) < _MIN_TEXT_LAYER_CHARS:
-                page = pdf[index]
+                page = _load_page(pdf, index, total)
                 try:
                     recognised = _ocr_or_fail(page, options, text)
                 finally:
@@ -266,6 +266,19 @@ def parse_pdf(data: bytes, progress: Progress, options: ParseOptions) -> Extract
         return Extracted(tuple(pages), meaningful_title(metadata_title))
     finally:
         pdf.close()
+
+
+def _load_page(pdf: Any, index: int, total: int) -> Any:
+    """Page ``index`` of a pypdfium2 ``PdfDocument``; a page that cannot be loaded (a broken or cyclic
+    page tree) makes the file unreadable, not the service."""
+    import pypdfium2 as pdfium
+
+    try:
+        return pdf[index]
+    except pdfium.PdfiumError as error:
+        raise ExtractionError(
+            "INVALID_ARGUMENT", f"the PDF cannot be read (page {index + 1} of {total}: {error}); is the file damaged?"
+        ) from None
 
 
 # A page with less text than this is treated as scanned (a stray page number is not a text layer).

@@ -206,12 +206,30 @@ def decode_text(data: bytes) -> DecodedText | None:
     return DecodedText(text, best.encoding) if _is_text(text) else None
 
 
+def _utf8_break(data: bytes) -> int | None:
+    """Where text that no single encoding reads stops being UTF-8; None for valid UTF-8 or binary data."""
+    if b"\x00" in data:
+        return None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        readable = data.decode("utf-8", errors="replace").replace("\ufffd", "")
+        return error.start if _control_ratio(readable) <= _MAX_CONTROL_RATIO else None
+    return None
+
+
 def describe(data: bytes) -> str:
     """What the bytes look like, for messages: "a PNG image", "text", "binary data"."""
     for magic, what in _MAGIC:
         if data.startswith(magic):
             return what
-    return "text" if decode_text(data[:65_536]) is not None else "binary data"
+    sample = data[:65_536]
+    if decode_text(sample) is not None:
+        return "text"
+    broken_at = _utf8_break(sample)
+    if broken_at is not None:
+        return f"text in mixed or unknown encodings (invalid UTF-8 at byte {broken_at})"
+    return "binary data"
 
 
 def _looks_like_pdf(data: bytes) -> bool:

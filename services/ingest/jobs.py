@@ -29,7 +29,7 @@ from services.ingest.backends import (
     Stage,
     Summarizer,
 )
-from services.ingest.backends.local_registry import SqliteRegistry
+from services.ingest.backends.registry import Registry
 from services.ingest.chunking import chunk_pages
 from services.ingest.extraction import NO_TEXT_IN_PDF, ExtractionError
 from services.ingest.files import PDF, format_size, sha256_hex, stem_of
@@ -41,16 +41,39 @@ log = logging.getLogger(__name__)
 _PROGRESS_INTERVAL_SECONDS = 0.2
 
 
-class EventHub:
-    """Wakes the watchers of a job when one of its events has been stored."""
+def _runs_everywhere_here(job_id: str) -> bool:
+    return True
 
-    def __init__(self) -> None:
+
+class EventHub:
+    """Wakes the watchers of a job when one of its events has been stored.
+
+    With a registry shared by several processes, a job may run in another one, which cannot wake
+    this one's watchers: for such a job (``runs_here`` is false) the waiter is also set after
+    ``remote_poll_seconds``, so its watchers re-read the store that often.
+    """
+
+    def __init__(
+        self, *, remote_poll_seconds: float | None = None, runs_here: Callable[[str], bool] | None = None
+    ) -> None:
         self._signals: dict[str, asyncio.Event] = {}
         self.closing = False
+        self._remote_poll = remote_poll_seconds
+        self._runs_here = runs_here if runs_here is not None else _runs_everywhere_here
 
     def waiter(self, job_id: str) -> asyncio.Event:
         """The event set by the next :meth:`notify` of ``job_id``; take it before reading the store."""
-        return self._signals.setdefault(job_id, asyncio.Event())
+        signal = self._signals.get(job_id)
+        if signal is None:
+            signal = self._signals[job_id] = asyncio.Event()
+            if self._remote_poll is not None and not self._runs_here(job_id):
+                asyncio.get_running_loop().call_later(self._remote_poll, self._wake, job_id, signal)
+        return signal
+
+    def _wake(self, job_id: str, signal: asyncio.Event) -> None:
+        if self._signals.get(job_id) is signal:
+            del self._signals[job_id]
+        signal.set()
 
     def notify(self, job_id: str) -> None:
         signal = self._signals.pop(job_id, None)
@@ -80,7 +103,7 @@ class JobRunner:
     def __init__(
         self,
         *,
-        registry: SqliteRegistry,
+        registry: Registry,
         blobs: BlobStore,
         extractor: Extractor,
         indexer: Indexer,
@@ -91,6 +114,7 @@ class JobRunner:
         summary_timeout_seconds: float,
         summarize: bool = True,
         source_uri: Callable[[str], str] | None = None,
+        watch_poll_seconds: float | None = None,
     ) -> None:
         self._registry = registry
         self._blobs = blobs
@@ -105,12 +129,17 @@ class JobRunner:
         # Where a managed index can read a stored file (S3 URI by blob key); None: nowhere.
         self._source_uri = source_uri
         self._tasks: dict[str, tuple[str, asyncio.Task[None]]] = {}  # doc_id → (job_id, task)
-        self.hub = EventHub()
+        # watch_poll_seconds: how often watchers re-read a job that runs in another process
+        # (None: every job runs here, with a registry of this process's own).
+        self.hub = EventHub(remote_poll_seconds=watch_poll_seconds, runs_here=self._runs_here)
         # Called once a document is ready, before DONE is announced; returns how many older
         # versions it replaced.
         self.on_ready: Callable[[Document], Awaitable[int]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
+
+    def _runs_here(self, job_id: str) -> bool:
+        return any(running == job_id for running, _ in self._tasks.values())
 
     def running_job(self, doc_id: str) -> str | None:
         entry = self._tasks.get(doc_id)
@@ -282,6 +311,9 @@ class JobRunner:
             job.doc_id, status=DocumentStatus.READY, summary=summary, error=""
         )
         if document is None:
+            # Deleted meanwhile by another process, which could not stop this job: take back what
+            # was indexed after its deletion had cleared the index.
+            await self._indexer.delete(job.owner, job.doc_id)
             return
         replaced = await self.on_ready(document) if self.on_ready is not None else 0
         message = "ready" if not replaced else f"ready; replaced the earlier version of {document.source}"
@@ -299,7 +331,15 @@ class JobRunner:
 
     async def _index(self, job: Job, document: Document, chunks: Sequence[Chunk]) -> None:
         total = len(chunks)
-        await self._emit(job, Stage.EMBEDDING, current=0, total=total, message=f"indexing {total} chunks")
+        # current/total count the chunks handed to the indexer: IndexDocument reports nothing until
+        # the whole document is embedded and indexed, which INDEXED then announces.
+        await self._emit(
+            job,
+            Stage.EMBEDDING,
+            current=0,
+            total=total,
+            message=f"sending {total} chunks to the indexer, which embeds and indexes them",
+        )
         throttle = _Throttle()
 
         async def chunk_progress(sent: int) -> None:

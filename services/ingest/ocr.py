@@ -48,7 +48,9 @@ def ocr_image(image: _Image, languages: str, *, timeout_seconds: float) -> str:
     """The text Tesseract reads in ``image`` (a PIL image) with ``languages`` (e.g. ``kor+eng``)."""
     program = tesseract_path()
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    # Uncompressed (PGM for a grayscale page): PNG would spend ~0.15 s compressing a 300 dpi
+    # page that Tesseract decompresses at once; the pipe carries the raw pixels faster.
+    image.save(buffer, format="PPM")
     environment = {**os.environ, "OMP_THREAD_LIMIT": "1"}
     try:
         completed = subprocess.run(

@@ -91,8 +91,11 @@ class ConversationStore(Protocol):
 
     async def turns(self, owner: str, conversation_id: str) -> list[TurnRecord]: ...
 
-    async def add_turn(self, owner: str, conversation_id: str, title: str, turn: TurnRecord) -> None:
-        """Append a finished turn, creating the conversation (with ``title``) if it is new; atomic."""
+    async def add_turn(
+        self, owner: str, conversation_id: str, title: str, turn: TurnRecord, record: CallRecord | None = None
+    ) -> None:
+        """Append a finished turn, creating the conversation (with ``title``) if it is new, and write
+        its call ``record`` in the same transaction: the turn and its record exist together or not at all."""
         ...
 
     async def rename(self, owner: str, conversation_id: str, title: str) -> ConversationInfo | None: ...

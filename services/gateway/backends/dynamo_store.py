@@ -67,6 +67,12 @@ def dynamo_error(error: Exception, table: str) -> RagchatError:
         if code in ("AccessDeniedException", "UnrecognizedClientException"):
             failure = RagchatError(f"the gateway may not use DynamoDB table {table} ({code}); check its IAM role")
             return failure
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if status >= 500 or code in ("InternalServerError", "ServiceUnavailable"):
+            # Still failing after botocore's retries (AWS_MAX_ATTEMPTS): DynamoDB is having trouble.
+            return Unavailable(
+                f"DynamoDB table {table} keeps failing ({code or status}: {message}) after retries; try again shortly"
+            )
         return RagchatError(f"DynamoDB table {table}: {code}: {message}")
     if isinstance(error, NoCredentialsError):
         return RagchatError("the gateway has no AWS credentials for DynamoDB (IRSA role or environment)")
@@ -163,8 +169,10 @@ def _stored_passage(p: Passage) -> dict[str, Any]:
 class DynamoConversationStore:
     """Conversations and their turns, one item collection per owner (see ``dynamo_schema``)."""
 
-    def __init__(self, client: Any, table: str) -> None:
+    def __init__(self, client: Any, table: str, calls_table: str | None = None) -> None:
         self._table = _Table(client, table)
+        # Where a turn's call record goes, in the turn's own transaction.
+        self._calls_table = calls_table
 
     async def open(self) -> None:
         await self._table.ensure_exists()
@@ -211,7 +219,11 @@ class DynamoConversationStore:
             for item in items
         ]
 
-    async def add_turn(self, owner: str, conversation_id: str, title: str, turn: TurnRecord) -> None:
+    async def add_turn(
+        self, owner: str, conversation_id: str, title: str, turn: TurnRecord, record: CallRecord | None = None
+    ) -> None:
+        if record is not None and self._calls_table is None:
+            raise ValueError("this conversation store was built without the call log table")
         references = json.dumps([_stored_passage(p) for p in turn.references], ensure_ascii=False)
         for attempt in range(1, _ADD_TURN_ATTEMPTS + 1):
             info = await self.get(owner, conversation_id)
@@ -267,7 +279,8 @@ class DynamoConversationStore:
             try:
                 await self._table.call(
                     "transact_write_items",
-                    TransactItems=[conversation_update, turn_put],
+                    TransactItems=[conversation_update, turn_put]
+                    + ([call_put(self._calls_table, record)] if record is not None and self._calls_table else []),
                     ClientRequestToken=f"{turn.turn_id[:32]}-{attempt}",
                 )
                 return
@@ -350,19 +363,8 @@ class DynamoCallLog:
         await self._table.ensure_exists()
 
     async def record(self, record: CallRecord) -> None:
-        values: dict[str, Any] = asdict(record)
-        values["call_key"] = schema.call_key(record.created_at, record.call_id)
-        if not record.request_id:
-            del values["request_id"]  # an index key may not be empty
-        if record.conversation_id:
-            values["conversation_key"] = schema.conversation_key(record.owner, record.conversation_id)
         try:
-            await self._table.call(
-                "put_item",
-                TableName=self._table.name,
-                Item=to_item(values),
-                ConditionExpression="attribute_not_exists(call_key)",
-            )
+            await self._table.call("put_item", **call_put(self._table.name, record)["Put"])
         except ClientError as error:
             if _error_code(error) == "ConditionalCheckFailedException":
                 # A retry of a write that had succeeded: the record is there, once.
@@ -404,3 +406,20 @@ class DynamoCallLog:
             ExpressionAttributeValues=to_item({":c": schema.conversation_key(owner, conversation_id)}),
         )
         return [self._record(item) for item in items]
+
+
+def call_put(table: str, record: CallRecord) -> dict[str, Any]:
+    """The conditional Put of one call record (written once: a retried write finds it there)."""
+    values: dict[str, Any] = asdict(record)
+    values["call_key"] = schema.call_key(record.created_at, record.call_id)
+    if not record.request_id:
+        del values["request_id"]  # an index key may not be empty
+    if record.conversation_id:
+        values["conversation_key"] = schema.conversation_key(record.owner, record.conversation_id)
+    return {
+        "Put": {
+            "TableName": table,
+            "Item": to_item(values),
+            "ConditionExpression": "attribute_not_exists(call_key)",
+        }
+    }

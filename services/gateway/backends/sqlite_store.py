@@ -143,7 +143,9 @@ class SqliteConversationStore:
 
         return await self._db.run(work)
 
-    async def add_turn(self, owner: str, conversation_id: str, title: str, turn: TurnRecord) -> None:
+    async def add_turn(
+        self, owner: str, conversation_id: str, title: str, turn: TurnRecord, record: CallRecord | None = None
+    ) -> None:
         references = json.dumps([asdict(p) for p in turn.references], ensure_ascii=False)
 
         def work(conn: sqlite3.Connection) -> None:
@@ -178,6 +180,8 @@ class SqliteConversationStore:
                     "WHERE owner = ? AND conversation_id = ?",
                     (turn.created_at, owner, conversation_id),
                 )
+                if record is not None:
+                    _insert_call(conn, record)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -217,25 +221,7 @@ class SqliteCallLog:
         self._db = db
 
     async def record(self, record: CallRecord) -> None:
-        payload = json.dumps(asdict(record), ensure_ascii=False, default=str)
-
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO calls (call_id, request_id, owner, kind, created_at, conversation_id, status, "
-                "record_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.call_id,
-                    record.request_id,
-                    record.owner,
-                    record.kind,
-                    record.created_at,
-                    record.conversation_id,
-                    record.status,
-                    payload,
-                ),
-            )
-
-        await self._db.run(work)
+        await self._db.run(lambda conn: _insert_call(conn, record))
 
     async def _select(self, where: str, args: tuple[Any, ...]) -> list[CallRecord]:
         def work(conn: sqlite3.Connection) -> list[CallRecord]:
@@ -252,3 +238,21 @@ class SqliteCallLog:
 
     async def for_conversation(self, owner: str, conversation_id: str) -> list[CallRecord]:
         return await self._select("owner = ? AND conversation_id = ? ORDER BY created_at", (owner, conversation_id))
+
+
+def _insert_call(conn: sqlite3.Connection, record: CallRecord) -> None:
+    """One call record (in the caller's transaction, if one is open)."""
+    conn.execute(
+        "INSERT INTO calls (call_id, request_id, owner, kind, created_at, conversation_id, status, "
+        "record_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.call_id,
+            record.request_id,
+            record.owner,
+            record.kind,
+            record.created_at,
+            record.conversation_id,
+            record.status,
+            json.dumps(asdict(record), ensure_ascii=False, default=str),
+        ),
+    )

@@ -9,7 +9,12 @@ error naming the server.
 Set-up (connecting, and a 429 / 5xx status before the first byte of the body) is retried up
 to ``OPENAI_MAX_ATTEMPTS`` times with exponential backoff (honouring a short
 ``Retry-After``); a stream that has started is never retried. Closing the stream early
-closes the HTTP response, which closes the connection: the server stops generating.
+closes the HTTP response, which closes the connection: the server stops generating. A
+stream read to its end leaves its connection in the pool for the next answer.
+
+The HTTP leg is :mod:`services.generation.backends.http_stream`, which sends the request at
+once and reads the stream for a fraction of httpx's or aiohttp's cost (see its docstring).
+It reaches ``OPENAI_BASE_URL`` directly: ``HTTP(S)_PROXY`` variables are not used.
 """
 
 from __future__ import annotations
@@ -22,8 +27,6 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from services.common.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -35,6 +38,14 @@ from services.common.errors import (
     Unavailable,
 )
 from services.generation.backends import FinishReason
+from services.generation.backends.http_stream import (
+    ConnectTimeout,
+    HttpStreamError,
+    LineTooLong,
+    ReadTimeout,
+    StreamingHttpClient,
+    StreamingResponse,
+)
 from services.generation.backends.llm import ModelDelta, ModelEvent, ModelFinish, ModelRequest
 from services.generation.formats import openai_messages
 
@@ -52,6 +63,11 @@ _FINISH_REASONS: dict[str, FinishReason] = {
 _RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Longest Retry-After honoured between attempts; a longer one ends the retries.
 _MAX_RETRY_AFTER = 10.0
+# Longest line of the event stream (one event's data); a longer one ends the answer.
+MAX_EVENT_BYTES = 1024 * 1024
+# After ``data: [DONE]``, how long the end of the body may take before the connection is
+# dropped instead of kept for the next answer (the end normally arrives with [DONE]).
+_DRAIN_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -87,30 +103,23 @@ def chat_completion_body(request: ModelRequest, settings: OpenAISettings) -> dic
 class OpenAIChatModel:
     """The :class:`~services.generation.backends.llm.ChatModel` of an OpenAI-compatible server."""
 
-    def __init__(self, settings: OpenAISettings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: OpenAISettings) -> None:
         self._settings = settings
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._client: StreamingHttpClient | None = None
         self.name = f"openai:{settings.model}"
 
     async def start(self) -> None:
         if self._client is not None:
             return
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream", "User-Agent": "ragchat-generation"}
         if self._settings.api_key:
             headers["Authorization"] = f"Bearer {self._settings.api_key}"
-        timeout = httpx.Timeout(
-            connect=self._settings.connect_timeout,
-            read=self._settings.read_timeout,
-            write=self._settings.connect_timeout,
-            pool=self._settings.connect_timeout,
-        )
-        self._client = httpx.AsyncClient(
-            base_url=self._settings.base_url.rstrip("/") + "/",
+        self._client = StreamingHttpClient(
+            self._settings.base_url,
             headers=headers,
-            timeout=timeout,
-            transport=self._transport,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            connect_timeout=self._settings.connect_timeout,
+            read_timeout=self._settings.read_timeout,
+            max_line_bytes=MAX_EVENT_BYTES,
         )
 
     async def close(self) -> None:
@@ -118,36 +127,36 @@ class OpenAIChatModel:
         if client is not None:
             await client.aclose()
 
-    async def _open(self, body: dict[str, Any]) -> httpx.Response:
+    async def _open(self, body: bytes) -> StreamingResponse:
         """The streaming response, once its status is 200; set-up failures retried within bounds."""
         assert self._client is not None
+        where = f"{self.name} at {self._settings.base_url}"
         attempts = self._settings.max_attempts
         for attempt in range(1, attempts + 1):
             delay = self._settings.backoff_base * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
             try:
-                request = self._client.build_request("POST", "chat/completions", json=body)
-                response = await self._client.send(request, stream=True)
-            except httpx.TimeoutException as error:
-                failure: RagchatError = DeadlineExceeded(
-                    f"{self.name} at {self._settings.base_url} did not answer in time ({type(error).__name__}) "
-                    f"after {attempt} attempt(s): raise OPENAI_READ_TIMEOUT or check the server"
+                response = await self._client.post("/chat/completions", body)
+            except ConnectTimeout:
+                failure: RagchatError = Unavailable(
+                    f"{where} cannot be reached (connect timeout) after {attempt} attempt(s): "
+                    "check OPENAI_BASE_URL and that the server runs"
                 )
-                if isinstance(error, httpx.ConnectTimeout):
-                    failure = Unavailable(
-                        f"{self.name} at {self._settings.base_url} cannot be reached (connect timeout) after "
-                        f"{attempt} attempt(s): check OPENAI_BASE_URL and that the server runs"
-                    )
-            except httpx.TransportError as error:
+            except ReadTimeout as error:
+                failure = DeadlineExceeded(
+                    f"{where} did not answer in time ({error}) after {attempt} attempt(s): "
+                    "raise OPENAI_READ_TIMEOUT or check the server"
+                )
+            except HttpStreamError as error:
                 failure = Unavailable(
-                    f"{self.name} at {self._settings.base_url} cannot be reached ({type(error).__name__}: {error}) "
-                    f"after {attempt} attempt(s): check OPENAI_BASE_URL and that the server runs"
+                    f"{where} cannot be reached ({type(error).__name__}: {error}) after {attempt} attempt(s): "
+                    "check OPENAI_BASE_URL and that the server runs"
                 )
             else:
-                if response.status_code == 200:
+                if response.status == 200:
                     return response
                 detail = await _error_detail(response)
-                failure = self._status_error(response.status_code, detail, attempt)
-                if response.status_code not in _RETRIED_STATUSES:
+                failure = self._status_error(response.status, detail, attempt)
+                if response.status not in _RETRIED_STATUSES:
                     raise failure
                 retry_after = _retry_after(response)
                 if retry_after is not None:
@@ -180,17 +189,18 @@ class OpenAIChatModel:
     async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         if self._client is None:
             raise Unavailable(f"{self.name} is not started")
-        response = await self._open(chat_completion_body(request, self._settings))
+        response = await self._open(json.dumps(chat_completion_body(request, self._settings)).encode())
         sent = 0
         reason: FinishReason | None = None
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
         event_name = ""
         try:
-            async for line in response.aiter_lines():
-                if not line:
+            while (raw := await response.readline()) is not None:
+                if not raw:
                     event_name = ""
                     continue
+                line = raw.decode("utf-8", "replace")
                 if line.startswith("event:"):
                     event_name = line[6:].strip()
                     continue
@@ -198,6 +208,7 @@ class OpenAIChatModel:
                     continue  # comments (": keep-alive"), ids, retry hints
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    await _drain(response)
                     break
                 chunk = self._parse(data, event_name, sent)
                 usage = chunk.get("usage")
@@ -211,18 +222,25 @@ class OpenAIChatModel:
                         yield ModelDelta(content)
                     if choice.get("finish_reason"):
                         reason = _FINISH_REASONS.get(choice["finish_reason"], "stop")
-        except httpx.TimeoutException as error:
+        except ReadTimeout as error:
             raise Unavailable(
-                f"{self.name} stalled for {self._settings.read_timeout:g} s after {sent} tokens "
-                f"({type(error).__name__}); the answer is incomplete"
+                f"{self.name} stalled for {self._settings.read_timeout:g} s after {sent} tokens; "
+                "the answer is incomplete"
             ) from error
-        except httpx.TransportError as error:
+        except LineTooLong as error:
+            raise Unavailable(
+                f"{self.name} streamed an event of over {MAX_EVENT_BYTES} bytes after {sent} tokens; "
+                "the answer is incomplete"
+            ) from error
+        except HttpStreamError as error:
             raise Unavailable(
                 f"{self.name} broke the stream after {sent} tokens ({type(error).__name__}: {error}); "
                 "the answer is incomplete"
             ) from error
         finally:
-            await response.aclose()
+            # A body read to its end returns the connection to the pool; anything else (an early
+            # close, a cancelled call, an error) closes it, which stops the server's generation.
+            response.close()
         if reason is None and not sent and completion_tokens is None:
             raise Unavailable(f"{self.name} ended the stream without an answer or a finish reason")
         yield ModelFinish(reason or "stop", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
@@ -243,23 +261,38 @@ class OpenAIChatModel:
         return chunk
 
 
-async def _error_detail(response: httpx.Response) -> str:
+async def _drain(response: StreamingResponse) -> None:
+    """Read what follows ``[DONE]`` (normally only the end of the body), briefly, so the
+    connection can be reused; a server that keeps the body open past that is cut off."""
+    if response.complete:
+        return
     try:
-        raw = await response.aread()
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            while await response.readline() is not None:
+                pass
+    except (TimeoutError, HttpStreamError):
+        return
+
+
+async def _error_detail(response: StreamingResponse) -> str:
+    try:
+        raw = await response.read(MAX_EVENT_BYTES)
+    except HttpStreamError:
+        raw = b""  # the status alone says enough
     finally:
-        await response.aclose()
+        response.close()
     text = raw[:500].decode("utf-8", "replace")
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return text.strip() or f"HTTP {response.status_code}"
+        return text.strip() or f"HTTP {response.status}"
     error = data.get("error", data) if isinstance(data, dict) else data
     if isinstance(error, dict):
         return str(error.get("message", error))[:500]
     return str(error)[:500]
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: StreamingResponse) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
         return None

@@ -4,8 +4,9 @@
 * :class:`IndexWriter`: the write path of an index the service owns (the local index).
 * :class:`SearchIndex`: a backend that is both, with a lifecycle (open at start, close at stop).
 
-Adapters: :class:`~services.retrieval.backends.local_index.LocalIndex` (SQLite FTS5 BM25 + MiniLM
-vectors, fused), :class:`~services.retrieval.backends.kendra.KendraIndex` (Amazon Kendra) and
+Adapters: :class:`~services.retrieval.backends.local_index.LocalIndex` (tantivy BM25F + MiniLM
+vectors, fused; SQLite the source of truth), :class:`~services.retrieval.backends.kendra.KendraIndex`
+(Amazon Kendra) and
 :class:`~services.retrieval.backends.bedrock_kb.BedrockKbIndex` (Bedrock Knowledge Bases).
 """
 

@@ -1,21 +1,27 @@
-"""The local index: hybrid retrieval (SQLite FTS5 BM25 + MiniLM vectors), persisted in one WAL-mode file.
+"""The local index: hybrid retrieval (tantivy BM25 + MiniLM vectors); SQLite (one WAL-mode file) is the truth.
 
 Tables: ``owners`` (owner → integer key), ``documents`` (one row per (owner, doc_id) with its
-title, source, language), ``chunks`` (the original text and its page, heading, offsets,
-language) and ``chunk_fts``, the FTS5 table whose rowid is the chunk's key and whose columns
-are the owner key, the document key, the title terms (document title and chunk heading) and
-the body terms. The owner and document filters are part of the MATCH, so FTS5 ranks only
-the owner's chunks: an owner with three chunks among millions still gets their top-k.
+title, source, language and the generation that last wrote it), ``chunks`` (the original text
+and its page, heading, offsets, language), ``chunk_vectors`` (each chunk's embedding, float32,
+L2-normalised; ``chunks.english`` is the share of its letters in Latin script, the fusion's
+language weight) and ``deleted_documents`` (the documents deleted since the keyword index last
+caught up). ``meta.generation`` counts the write transactions.
 
-``chunk_vectors`` holds each chunk's embedding (float32, L2-normalised) and ``chunks.english``
-the share of its letters in Latin script (the fusion's language weight).
+Two searchable copies are derived from it: the keyword index (:mod:`.keyword`, tantivy, on disk
+in ``<index>.keyword/``) and the in-memory vectors (:mod:`.vectors`, HNSW graphs saved in
+``<index>.ann/`` on close). Both filter by owner inside the search, so an owner with three
+chunks among millions still gets their top-k.
 
-A document is written in one transaction (old chunks out, new chunks and their vectors in, or
-nothing at all); its embeddings are computed before the transaction opens. After a commit the
-in-memory vector store (:mod:`.vectors`) is updated under the same write lock; at start it is
-rebuilt from ``chunk_vectors``, so a kill -9 at any moment leaves nothing half-indexed. Chunks
-that have no vector (an index written before the dense leg, or by another model) are embedded
-at start, a batch per transaction.
+A document is written in one SQLite transaction (old chunks out, new chunks and their vectors
+in, or nothing at all); its embeddings are computed before the transaction opens. After the
+commit, under the same write lock, the vectors are updated and the keyword index is given every
+document written (and every deletion) since the generation it holds; a write is acknowledged
+after both, and the next search sees it (the keyword index commits before searching, see
+:mod:`.keyword`). At start the vectors are rebuilt from ``chunk_vectors`` and the
+keyword index catches up the same way (or is rebuilt from the chunks when it is missing, of
+another format or unreadable), so a kill -9 at any moment leaves nothing half-indexed and loses
+nothing acknowledged. Chunks that have no vector (an index written before the dense leg, or by
+another model) are embedded at start, a batch per transaction.
 
 SQLite runs in worker threads: one writer connection behind a lock, a small pool of
 read-only connections that see the last committed state.
@@ -31,6 +37,7 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,15 +55,22 @@ from services.retrieval.backends import (
     validate_chunk,
     validate_header,
 )
-from services.retrieval.backends.fts import COLUMNS, TOKENIZER, match_expression, query_terms, term_string
 from services.retrieval.backends.fusion import fuse, latin_share
+from services.retrieval.backends.keyword import (
+    DEFAULT_COMMIT_SECONDS,
+    KeywordChunk,
+    KeywordIndex,
+    query_terms,
+    term_string,
+)
 from services.retrieval.backends.vectors import AnnParams, VectorStore, limit_blas_threads
 from services.retrieval.embedding import Embedder
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"
-DEFAULT_TITLE_WEIGHT = 0.5
+SCHEMA_VERSION = "3"
+# How many times a chunk's title and heading terms count, relative to its body terms (BM25F, see .keyword).
+DEFAULT_TITLE_WEIGHT = 1
 DEFAULT_DENSE_WEIGHT = 0.6
 DEFAULT_ANN_THRESHOLD = 20_000
 # Each leg proposes this many candidates (at least) to the fusion.
@@ -64,7 +78,7 @@ MIN_CANDIDATES = 100
 _READER_POOL_SIZE = 4
 _BACKFILL_BATCH = 256
 
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -82,6 +96,7 @@ CREATE TABLE IF NOT EXISTS documents (
     language TEXT NOT NULL,
     chunk_count INTEGER NOT NULL,
     indexed_at REAL NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
     UNIQUE (owner_key, doc_id)
 );
 CREATE TABLE IF NOT EXISTS chunks (
@@ -102,17 +117,33 @@ CREATE TABLE IF NOT EXISTS chunk_vectors (
     chunk_key INTEGER PRIMARY KEY REFERENCES chunks(chunk_key),
     vector BLOB NOT NULL
 );
-CREATE VIRTUAL TABLE IF NOT EXISTS chunk_fts USING fts5({", ".join(COLUMNS)}, tokenize='{TOKENIZER}');
+CREATE TABLE IF NOT EXISTS deleted_documents (
+    doc_key INTEGER NOT NULL,
+    generation INTEGER NOT NULL
+);
 """
+# Created once the migrations have run (they add the columns these use).
+_INDEXES = "CREATE INDEX IF NOT EXISTS documents_by_generation ON documents (generation)"
 
-
-# Version 1 (keyword only) → 2: the chunks' Latin share and their vectors (embedded at start).
+# Version → (next version, statements). 1 (keyword only) → 2: the chunks' Latin share and their
+# vectors (embedded at start). 2 → 3: the keyword leg moves from the FTS5 table to tantivy (built
+# from the chunks at the first start), which replays writes by generation.
 _MIGRATIONS = {
-    "1": [
-        "ALTER TABLE chunks ADD COLUMN english REAL NOT NULL DEFAULT 1.0",
-        "CREATE TABLE IF NOT EXISTS chunk_vectors (chunk_key INTEGER PRIMARY KEY REFERENCES chunks(chunk_key),"
-        " vector BLOB NOT NULL)",
-    ],
+    "1": (
+        "2",
+        [
+            "ALTER TABLE chunks ADD COLUMN english REAL NOT NULL DEFAULT 1.0",
+            "CREATE TABLE IF NOT EXISTS chunk_vectors (chunk_key INTEGER PRIMARY KEY REFERENCES chunks(chunk_key),"
+            " vector BLOB NOT NULL)",
+        ],
+    ),
+    "2": (
+        "3",
+        [
+            "ALTER TABLE documents ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
+            "DROP TABLE IF EXISTS chunk_fts",
+        ],
+    ),
 }
 
 
@@ -121,8 +152,6 @@ class _PreparedChunk:
     record: ChunkRecord
     language: str
     english: float
-    title_terms: str
-    body_terms: str
 
 
 def embedding_text(title: str, heading: str, text: str) -> str:
@@ -172,12 +201,16 @@ class LocalIndex:
         dense_weight: float = DEFAULT_DENSE_WEIGHT,
         ann_threshold: int = DEFAULT_ANN_THRESHOLD,
         ann: AnnParams | None = None,
+        keyword_commit_seconds: float = DEFAULT_COMMIT_SECONDS,
     ) -> None:
         self._path = path
         self._embedder = embedder
-        self._title_weight = title_weight
         self._dense_weight = dense_weight
         self._vectors = VectorStore(embedder.dimension, ann_threshold=ann_threshold, ann=ann) if embedder else None
+        self._keyword = KeywordIndex(
+            self._keyword_folder, title_weight=title_weight, commit_seconds=keyword_commit_seconds
+        )
+        self._index_id = ""
         self._writer: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()
         self._readers_lock = threading.Lock()
@@ -200,6 +233,10 @@ class LocalIndex:
     @property
     def _ann_folder(self) -> Path:
         return self._path.parent / f"{self._path.name}.ann"
+
+    @property
+    def _keyword_folder(self) -> Path:
+        return self._path.parent / f"{self._path.name}.keyword"
 
     # Lifecycle
 
@@ -226,18 +263,16 @@ class LocalIndex:
                 for statement in _split_statements(_SCHEMA):
                     writer.execute(statement)
                 row = writer.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                if row is not None and row[0] in _MIGRATIONS:
-                    for statement in _MIGRATIONS[row[0]]:
-                        writer.execute(statement)
-                    writer.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
-                    log.info("index schema migrated", extra={"from": row[0], "to": SCHEMA_VERSION})
-                elif row is None:
+                if row is None:
                     writer.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
                 elif row[0] != SCHEMA_VERSION:
-                    raise FailedPrecondition(
-                        f"the index at {self._path} has schema version {row[0]}, this service expects "
-                        f"{SCHEMA_VERSION}; re-create it (move the file away and re-index)"
-                    )
+                    self._migrate(writer, str(row[0]))
+                writer.execute(_INDEXES)
+                writer.execute(
+                    "INSERT INTO meta (key, value) VALUES ('index_id', ?) ON CONFLICT (key) DO NOTHING",
+                    (uuid.uuid4().hex,),
+                )
+                self._index_id = str(writer.execute("SELECT value FROM meta WHERE key = 'index_id'").fetchone()[0])
                 writer.execute("COMMIT")
             except BaseException:
                 if writer.in_transaction:
@@ -252,8 +287,15 @@ class LocalIndex:
                 limit_blas_threads()
                 self._embedder.load()
                 self._load_vectors(writer)
+            if self._keyword.open(self._index_id) is None:
+                log.info(
+                    "keyword index missing or unusable; building it from the chunks", extra={"path": str(self._path)}
+                )
+            self._sync_keyword(writer)
+            self._keyword.commit()
         except BaseException:
             self._writer = None
+            self._keyword.close()
             writer.close()
             raise
         with self._readers_lock:
@@ -262,6 +304,21 @@ class LocalIndex:
             "index opened",
             extra={"path": str(self._path), "vectors": self._vectors.total() if self._vectors else None},
         )
+
+    def _migrate(self, db: sqlite3.Connection, version: str) -> None:
+        """Step the schema from ``version`` to the current one, inside the caller's transaction."""
+        start = version
+        while version != SCHEMA_VERSION:
+            if version not in _MIGRATIONS:
+                raise FailedPrecondition(
+                    f"the index at {self._path} has schema version {start}, this service expects "
+                    f"{SCHEMA_VERSION}; re-create it (move the file away and re-index)"
+                )
+            version, statements = _MIGRATIONS[version]
+            for statement in statements:
+                db.execute(statement)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+        log.info("index schema migrated", extra={"from": start, "to": SCHEMA_VERSION})
 
     def _load_vectors(self, db: sqlite3.Connection) -> None:
         """Embed the chunks that lack a vector (by this model), then load every vector into memory."""
@@ -329,12 +386,88 @@ class LocalIndex:
         row = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
         return 0 if row is None else int(row[0])
 
-    @staticmethod
-    def _bump_generation(db: sqlite3.Connection) -> None:
+    @classmethod
+    def _bump_generation(cls, db: sqlite3.Connection) -> int:
+        """Count one more write transaction; the new generation."""
         db.execute(
             "INSERT INTO meta (key, value) VALUES ('generation', '1')"
             " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
         )
+        return cls._generation(db)
+
+    def _sync_keyword(self, db: sqlite3.Connection) -> None:
+        """Bring the keyword index up to SQLite's generation: apply the documents written and the
+        deletions made since the generation it holds (every chunk when it holds nothing).
+
+        Runs under the write lock (or during open), outside any transaction on ``db``.
+        """
+        generation = self._generation(db)
+        since = self._keyword.applied
+        if since == generation:
+            return
+        started = time.perf_counter()
+        if since is not None and since > generation:
+            log.warning(
+                "keyword index is ahead of the database (restored from a backup?); rebuilding",
+                extra={"keyword_generation": since, "generation": generation},
+            )
+            self._keyword.reset()
+            since = None
+        deleted: list[int] = []
+        if since is not None:
+            deleted = [
+                int(row[0])
+                for row in db.execute(
+                    "SELECT doc_key FROM deleted_documents WHERE generation > ?"
+                    " UNION SELECT doc_key FROM documents WHERE generation > ?",
+                    (since, since),
+                )
+            ]
+        try:
+            added = self._keyword.apply(deleted, self._keyword_chunks(db, since), generation)
+        except BaseException:
+            log.exception(
+                "keyword index update failed; it catches up at the next write or start",
+                extra={"generation": generation},
+            )
+            raise
+        extra = {
+            "from_generation": since,
+            "generation": generation,
+            "chunks": added,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        if since is None:
+            log.info("keyword index built", extra=extra)
+        elif since < generation - 1:
+            log.info("keyword index caught up", extra=extra)
+        else:
+            log.debug("keyword index updated", extra=extra)
+
+    @staticmethod
+    def _keyword_chunks(db: sqlite3.Connection, since: int | None) -> Iterator[KeywordChunk]:
+        """The chunks of the documents written after generation ``since`` (None: every chunk), as indexed."""
+        cursor = db.execute(
+            "SELECT d.doc_key, d.owner_key, d.title, c.chunk_key, c.heading, c.text"
+            " FROM documents d JOIN chunks c ON c.doc_key = d.doc_key WHERE d.generation > ?"
+            " ORDER BY d.doc_key, c.chunk_key",
+            (-1 if since is None else since,),
+        )
+        current_doc, title_terms = -1, ""
+        heading_terms: dict[str, str] = {}
+        while rows := cursor.fetchmany(1024):
+            for doc_key, owner_key, title, chunk_key, heading, text in rows:
+                if doc_key != current_doc:
+                    current_doc, title_terms, heading_terms = doc_key, term_string(title), {}
+                if heading not in heading_terms:
+                    heading_terms[heading] = f"{title_terms} {term_string(heading)}".strip()
+                yield KeywordChunk(
+                    chunk_key=int(chunk_key),
+                    owner_key=int(owner_key),
+                    doc_key=int(doc_key),
+                    title_terms=heading_terms[heading],
+                    body_terms=term_string(text),
+                )
 
     def _close(self) -> None:
         with self._write_lock:
@@ -346,6 +479,7 @@ class LocalIndex:
                         log.warning("HNSW graphs not saved; they will be rebuilt", extra={"error": str(error)})
                 self._writer.close()
                 self._writer = None
+            self._keyword.close()
         with self._readers_lock:
             self._is_open = False
             idle, self._idle_readers = self._idle_readers, []
@@ -376,8 +510,8 @@ class LocalIndex:
     @contextmanager
     def _transaction(self, after_commit: Sequence[Callable[[], None]] = ()) -> Iterator[sqlite3.Connection]:
         """The writer in a transaction under the write lock; ``after_commit`` (filled in by the
-        block) runs once the commit succeeded, before the lock is released, so the in-memory
-        vectors change in the same order as the database."""
+        block) runs once the commit succeeded, then the keyword index catches up, before the lock
+        is released, so the derived indexes change in the same order as the database."""
         with self._write_lock:
             writer = self._writer
             if writer is None:
@@ -386,6 +520,7 @@ class LocalIndex:
                 yield writer
             for action in after_commit:
                 action()
+            self._sync_keyword(writer)
 
     @staticmethod
     @contextmanager
@@ -406,21 +541,14 @@ class LocalIndex:
 
     def _index_document(self, header: DocumentHeader, chunks: Sequence[ChunkRecord]) -> int:
         records = prepare_chunks(header, chunks)
-        heading_terms: dict[str, str] = {}
-        title_terms = term_string(header.title)
-        prepared: list[_PreparedChunk] = []
-        for record in records:
-            if record.heading not in heading_terms:
-                heading_terms[record.heading] = term_string(record.heading)
-            prepared.append(
-                _PreparedChunk(
-                    record=record,
-                    language=header.language or detect_language(record.text),
-                    english=latin_share(record.text),
-                    title_terms=f"{title_terms} {heading_terms[record.heading]}".strip(),
-                    body_terms=term_string(record.text),
-                )
+        prepared = [
+            _PreparedChunk(
+                record=record,
+                language=header.language or detect_language(record.text),
+                english=latin_share(record.text),
             )
+            for record in records
+        ]
         language = header.language or detect_language(" ".join(record.text for record in records[:20]))
         vectors = None
         if self._embedder is not None:
@@ -447,12 +575,22 @@ class LocalIndex:
             row = db.execute(
                 "SELECT doc_key FROM documents WHERE owner_key = ? AND doc_id = ?", (owner_key, header.doc_id)
             ).fetchone()
+            generation = self._bump_generation(db)
             if row is None:
                 doc_key = _inserted_key(
                     db.execute(
-                        "INSERT INTO documents (owner_key, doc_id, title, source, language, chunk_count, indexed_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (owner_key, header.doc_id, header.title, header.source, language, len(prepared), time.time()),
+                        "INSERT INTO documents (owner_key, doc_id, title, source, language, chunk_count, indexed_at,"
+                        " generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            owner_key,
+                            header.doc_id,
+                            header.title,
+                            header.source,
+                            language,
+                            len(prepared),
+                            time.time(),
+                            generation,
+                        ),
                     )
                 )
             else:
@@ -460,11 +598,10 @@ class LocalIndex:
                 replaced = self._chunk_keys(db, doc_key)
                 self._delete_chunks(db, doc_key)
                 db.execute(
-                    "UPDATE documents SET title = ?, source = ?, language = ?, chunk_count = ?, indexed_at = ?"
-                    " WHERE doc_key = ?",
-                    (header.title, header.source, language, len(prepared), time.time(), doc_key),
+                    "UPDATE documents SET title = ?, source = ?, language = ?, chunk_count = ?, indexed_at = ?,"
+                    " generation = ? WHERE doc_key = ?",
+                    (header.title, header.source, language, len(prepared), time.time(), generation, doc_key),
                 )
-            owner_token, doc_token = str(owner_key), str(doc_key)
             for position, chunk in enumerate(prepared):
                 record = chunk.record
                 chunk_key = _inserted_key(
@@ -485,17 +622,12 @@ class LocalIndex:
                         ),
                     )
                 )
-                db.execute(
-                    "INSERT INTO chunk_fts (rowid, owner, doc, title, body) VALUES (?, ?, ?, ?, ?)",
-                    (chunk_key, owner_token, doc_token, chunk.title_terms, chunk.body_terms),
-                )
                 if vectors is not None:
                     db.execute(
                         "INSERT INTO chunk_vectors (chunk_key, vector) VALUES (?, ?)",
                         (chunk_key, vectors[position].tobytes()),
                     )
                 added.append(chunk_key)
-            self._bump_generation(db)
             if self._vectors is not None and vectors is not None:
                 store, new_keys = self._vectors, np.asarray(added, dtype=np.int64)
 
@@ -531,7 +663,11 @@ class LocalIndex:
             removed = self._chunk_keys(db, int(row[0]))
             deleted = self._delete_chunks(db, int(row[0]))
             db.execute("DELETE FROM documents WHERE doc_key = ?", (row[0],))
-            self._bump_generation(db)
+            generation = self._bump_generation(db)
+            db.execute("INSERT INTO deleted_documents (doc_key, generation) VALUES (?, ?)", (row[0], generation))
+            manifest = self._keyword.manifest
+            if manifest is not None:  # deletions the keyword index already reflects need no replay
+                db.execute("DELETE FROM deleted_documents WHERE generation <= ?", (manifest.generation,))
             if self._vectors is not None:
                 store = self._vectors
                 after_commit.append(lambda: store.remove(owner_key, removed))
@@ -543,7 +679,6 @@ class LocalIndex:
 
     @staticmethod
     def _delete_chunks(db: sqlite3.Connection, doc_key: int) -> int:
-        db.execute("DELETE FROM chunk_fts WHERE rowid IN (SELECT chunk_key FROM chunks WHERE doc_key = ?)", (doc_key,))
         db.execute(
             "DELETE FROM chunk_vectors WHERE chunk_key IN (SELECT chunk_key FROM chunks WHERE doc_key = ?)", (doc_key,)
         )
@@ -614,7 +749,7 @@ class LocalIndex:
             if not doc_keys:
                 return []
         if mode is SearchMode.KEYWORD:
-            return self._passages(db, self._keyword(db, owner_key, terms, doc_keys, top_k))
+            return self._passages(db, self._keyword_leg(owner_key, terms, doc_keys, top_k))
         assert query_vector is not None and self._vectors is not None
         only = None
         if doc_keys is not None:
@@ -630,7 +765,7 @@ class LocalIndex:
             ranked = self._vectors.search(owner_key, query_vector, top_k, only)
             return self._passages(db, [(key, max(score, 0.0)) for key, score in ranked])
         pool = max(MIN_CANDIDATES, 2 * top_k)
-        keyword = self._keyword(db, owner_key, terms, doc_keys, pool) if terms else []
+        keyword = self._keyword_leg(owner_key, terms, doc_keys, pool) if terms else []
         dense_keys = [key for key, _ in self._vectors.search(owner_key, query_vector, pool, only)]
         candidates = list(dict.fromkeys([key for key, _ in keyword] + dense_keys))
         dense = self._vectors.scores(owner_key, query_vector, candidates)
@@ -638,17 +773,11 @@ class LocalIndex:
         fused = fuse(keyword, dense, english, query_english=query_english, dense_weight=self._dense_weight)
         return self._passages(db, fused[:top_k])
 
-    def _keyword(
-        self, db: sqlite3.Connection, owner_key: int, terms: list[str], doc_keys: list[int] | None, limit: int
+    def _keyword_leg(
+        self, owner_key: int, terms: list[str], doc_keys: list[int] | None, limit: int
     ) -> list[tuple[int, float]]:
         """The keyword leg: (chunk key, BM25 score, positive) best first."""
-        expression = match_expression(owner_key, terms, doc_keys)
-        rows = db.execute(
-            "SELECT rowid, bm25(chunk_fts, 0.0, 0.0, ?, 1.0) AS rank FROM chunk_fts WHERE chunk_fts MATCH ?"
-            " ORDER BY rank, rowid LIMIT ?",
-            (self._title_weight, expression, limit),
-        ).fetchall()
-        return [(int(key), -float(rank)) for key, rank in rows]
+        return self._keyword.search(owner_key, terms, doc_keys, limit)
 
     @staticmethod
     def _english(db: sqlite3.Connection, keys: Sequence[int]) -> dict[int, float]:

@@ -9,6 +9,8 @@
   not on the loop), records each request, and hands the connection to a per-test handler
   that writes the response: chunked bodies, pauses, and a record of when the client closed
   the connection.
+* :class:`RawServer` hands each whole connection (keep-alive: any number of requests) to the
+  test, which writes exactly the bytes it means.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import json
+import ssl
 import struct
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -196,6 +199,69 @@ class FakeHttpServer:
         except ConnectionError:
             pass
         exchange.closed_by_client.set()
+
+
+ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """A TCP server that gives each connection to ``handler``; counts connections and EOFs."""
+
+    def __init__(self, handler: ConnectionHandler, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.handler = handler
+        self.connections = 0
+        self._ssl = ssl_context
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def url(self, path: str = "/v1") -> str:
+        return f"{'https' if self._ssl else 'http'}://127.0.0.1:{self.port}{path}"
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._ssl)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client went away, or the test is over (__aexit__ cancels what still runs)
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    lines = head.split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return lines[0], headers, body
+
+
+def chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
 
 
 def aws_error_response(code: str, message: str) -> tuple[dict[str, str], bytes]:

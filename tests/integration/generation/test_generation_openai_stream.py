@@ -1,4 +1,4 @@
-"""The OpenAI-compatible backend against a local server-sent-events server (real httpx client)."""
+"""The OpenAI-compatible backend against a local server-sent-events server (its real HTTP client)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from services.common.errors import RagchatError, ResourceExhausted, Unauthentica
 from services.generation.backends import DoneEvent, GenerationInput, GenerationParams, TokenEvent
 from services.generation.backends.llm import LLMGenerator, LLMSettings
 from services.generation.backends.openai_compatible import OpenAIChatModel, OpenAISettings
-from tests.integration.generation.generation_fakes import Exchange, FakeHttpServer
+from tests.integration.generation.generation_fakes import Exchange, FakeHttpServer, RawServer, read_request
+from tests.integration.generation.generation_fakes import chunk as http_chunk
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
@@ -248,3 +249,29 @@ async def test_unreachable_server_is_unavailable(make_generator: Callable[..., L
     await generator.start()
     with pytest.raises(Unavailable, match=r"cannot be reached .* after 2 attempt"):
         [event async for event in generator.generate(INPUT)]
+
+
+async def test_answers_share_one_kept_alive_connection(make_generator: Callable[..., LLMGenerator]) -> None:
+    """After ``[DONE]`` the end of the body is read, so the next answer reuses the connection."""
+    bodies: list[dict[str, Any]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            _, _, body = await read_request(reader)
+            bodies.append(json.loads(body))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for frame in (chunk("Hi"), chunk(None, "stop"), sse("[DONE]")):
+                writer.write(http_chunk(frame))
+                await writer.drain()
+                await asyncio.sleep(0.005)  # the end of the body comes in a later segment than [DONE]
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async with RawServer(handler) as server:
+        generator = make_generator(server.url(""), include_usage=False)
+        await generator.start()
+        for _ in range(3):
+            events = [event async for event in generator.generate(INPUT)]
+            assert [e.text for e in events if isinstance(e, TokenEvent)] == ["Hi"]
+            assert isinstance(events[-1], DoneEvent) and events[-1].finish_reason == "stop"
+    assert server.connections == 1 and len(bodies) == 3

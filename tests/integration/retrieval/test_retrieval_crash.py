@@ -1,14 +1,23 @@
-"""kill -9 during indexing: after a restart the index is consistent and nothing acknowledged is lost."""
+"""kill -9 during indexing: after a restart the index is consistent and nothing acknowledged is lost.
+
+SQLite holds the truth; the keyword index (tantivy) and the vectors are derived from it. The
+writer is killed both while the keyword index commits after every write and while it has
+committed nothing since its start (every acknowledged write must then be replayed at the next open).
+"""
 
 from __future__ import annotations
 
+import logging
 import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from services.retrieval.backends import SearchMode
+from services.retrieval.backends.keyword import committed_counts
 from services.retrieval.backends.local_index import LocalIndex
 from tests.integration.retrieval.retrieval_crash_writer import CHUNKS_PER_DOCUMENT
 from tests.unit.retrieval.retrieval_fakes import HashEmbedder
@@ -16,11 +25,11 @@ from tests.unit.retrieval.retrieval_fakes import HashEmbedder
 REPO = Path(__file__).resolve().parents[3]
 
 
-def kill_while_writing(path: Path, acknowledgements: int) -> dict[str, int | None]:
+def kill_while_writing(path: Path, mode: str, acknowledgements: int) -> dict[str, int | None]:
     """Runs the writer, SIGKILLs it after ``acknowledgements`` acks; each document's last acknowledged
     state (its version, or None when deleted)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.retrieval.retrieval_crash_writer", str(path)],
+        [sys.executable, "-m", "tests.integration.retrieval.retrieval_crash_writer", str(path), mode],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
@@ -39,9 +48,12 @@ def kill_while_writing(path: Path, acknowledgements: int) -> dict[str, int | Non
     return acked
 
 
-async def test_kill_9_mid_write_leaves_whole_documents_and_their_vectors(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["search", "deferred"])
+async def test_kill_9_mid_write_leaves_whole_documents_their_vectors_and_keyword_rows(
+    tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "index.db"
-    acked = kill_while_writing(path, 40)
+    acked = kill_while_writing(path, mode, 40)
     with sqlite3.connect(path) as db:
         per_doc = dict(
             db.execute(
@@ -49,15 +61,17 @@ async def test_kill_9_mid_write_leaves_whole_documents_and_their_vectors(tmp_pat
                 " GROUP BY d.doc_id"
             ).fetchall()
         )
+        doc_keys = dict(db.execute("SELECT doc_key, chunk_count FROM documents").fetchall())
         chunk_rows = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
         vector_rows = db.execute("SELECT count(*) FROM chunk_vectors").fetchone()[0]
         orphans = db.execute(
             "SELECT count(*) FROM chunk_vectors v"
             " WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.chunk_key = v.chunk_key)"
         ).fetchone()[0]
-        fts_rows = db.execute("SELECT count(*) FROM chunk_fts").fetchone()[0]
     assert set(per_doc.values()) == {CHUNKS_PER_DOCUMENT}, per_doc  # no half-written document
-    assert chunk_rows == vector_rows == fts_rows and orphans == 0
+    assert chunk_rows == vector_rows and orphans == 0
+
+    caplog.set_level(logging.INFO, logger="services.retrieval.backends.local_index")
     index = LocalIndex(path, embedder=HashEmbedder(), ann_threshold=200)
     await index.open()
     try:
@@ -79,3 +93,12 @@ async def test_kill_9_mid_write_leaves_whole_documents_and_their_vectors(tmp_pat
         assert {p.doc_id for p in dense} <= set(per_doc)
     finally:
         await index.close()
+    # The keyword index holds exactly the chunks SQLite holds: each document's, and nothing of deleted ones.
+    keyword = tmp_path / "index.db.keyword"
+    assert committed_counts(keyword, "doc", doc_keys) == doc_keys
+    assert committed_counts(keyword, "owner", [1]) == {1: chunk_rows}
+    if mode == "deferred":  # nothing was committed after the start: every acknowledged write was replayed
+        replayed = [
+            record.__dict__["chunks"] for record in caplog.records if record.message == "keyword index caught up"
+        ]
+        assert replayed == [chunk_rows]

@@ -195,9 +195,14 @@ def test_manifests_match_what_the_service_reads(overlay: str, name: str) -> None
     assert any(p.get("targetPort") in (port_named(container, p["name"]), p["name"]) for p in service["spec"]["ports"])
 
     for variable, address in peers.items():
-        host, _, peer_port = address.rpartition(":")
+        # dns:/// + a headless Service: the channel sees every pod and balances calls over them.
+        assert address.startswith("dns:///"), f"{overlay}/{name}: {variable}={address} must be dns:///<service>:<port>"
+        host, _, peer_port = address.removeprefix("dns:///").rpartition(":")
         peer = named(docs, "Service", host)
         assert int(peer_port) in [p["port"] for p in peer["spec"]["ports"]], f"{variable}={address}: no such port"
+        assert peer["spec"].get("clusterIP") == "None", f"{variable}={address}: Service {host} is not headless"
+        selected = peer["spec"]["selector"]["app.kubernetes.io/name"]
+        assert selected == variable.removesuffix("_ADDR").lower(), f"{variable}={address} selects {selected} pods"
 
     image = container["image"]
     assert re.fullmatch(rf"(.+/)?ragchat/{name}:[\w.-]+", image), f"{overlay}/{name}: image {image}"
@@ -224,6 +229,13 @@ def test_eks_scales_budgets_spreads_and_fences_the_services() -> None:
     assert targets == {"gateway", "generation", "ingest"}
     for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
         assert "replicas" not in workload(docs, hpa["spec"]["scaleTargetRef"]["name"])["spec"]
+        assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"], hpa["metadata"]["name"]
+    # No pod keeps state on EKS (S3 and DynamoDB do): no volume claims, no single-pod Recreate.
+    assert not of_kind(docs, "PersistentVolumeClaim", "StatefulSet")
+    for deployment in of_kind(docs, "Deployment"):
+        assert deployment["spec"].get("strategy", {}).get("type", "RollingUpdate") == "RollingUpdate"
+        for volume in deployment["spec"]["template"]["spec"]["volumes"]:
+            assert "persistentVolumeClaim" not in volume, deployment["metadata"]["name"]
     pod_labels = {
         d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for d in of_kind(docs, "Deployment")
     }
@@ -276,6 +288,10 @@ def test_eks_uses_the_aws_backends_and_irsa_roles_from_the_stack_outputs(overlay
     assert env["gateway"]["HISTORY_BACKEND"] == "dynamodb"
     assert env["gateway"]["DYNAMO_CALLS_TABLE"] == outputs["CallsTableName"]
     assert env["gateway"]["AUTH_MODE"] == "jwt"
+    assert env["ingest"]["INGEST_REGISTRY"] == "dynamodb"
+    assert env["ingest"]["DYNAMO_DOCUMENTS_TABLE"] == outputs["IngestDocumentsTableName"]
+    assert env["ingest"]["DYNAMO_JOBS_TABLE"] == outputs["IngestJobsTableName"]
+    assert env["ingest"]["DYNAMO_UPLOADS_TABLE"] == outputs["IngestUploadsTableName"]
     assert env["generation"]["GENERATION_BACKEND"] == "sagemaker"
     assert env["retrieval"]["RETRIEVAL_BACKEND"] == ("kendra" if overlay == "eks-kendra" else "bedrock-kb")
     rendered = "\n".join(str(doc) for doc in docs)
@@ -294,3 +310,19 @@ def test_local_keeps_state_on_persistent_volumes() -> None:
         claim = volumes["data"]["persistentVolumeClaim"]["claimName"]
         named(docs, "PersistentVolumeClaim", claim)
         assert "emptyDir" not in volumes["data"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grpc_peers_are_headless_and_the_ingress_backends_are_not(overlay: str) -> None:
+    """gRPC callers dial headless Services (every pod's address: calls balanced per call); the ALB
+    and port-forwards use the ordinary Services."""
+    docs = render(overlay)
+    for name in ("ingest", "retrieval", "generation", "gateway-pods"):
+        assert named(docs, "Service", name)["spec"].get("clusterIP") == "None", f"{overlay}: {name} is not headless"
+    for name in ("gateway", "ui"):
+        assert "clusterIP" not in named(docs, "Service", name)["spec"], f"{overlay}: {name} must keep a virtual IP"
+    for ingress in of_kind(docs, "Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = named(docs, "Service", path["backend"]["service"]["name"])
+                assert "clusterIP" not in backend["spec"], f"{overlay}: the ingress backend must not be headless"

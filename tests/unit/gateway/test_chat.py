@@ -352,6 +352,26 @@ async def test_a_failing_call_log_does_not_change_the_answer(stores, caplog) -> 
 
     config = GatewayConfig.from_env(Env({"DATA_DIR": "/nonexistent"}))
     engine = chat.ChatEngine(config, FakeRetriever(PASSAGES), FakeGenerator(), stores[0], BrokenLog())  # type: ignore[arg-type]
+    # A refused turn's record goes to the call log alone: the caller still hears the real refusal.
+    with pytest.raises(NotFound):
+        await run_turn(engine, "And in Texas?", "unknown-conversation")
+    assert any(r.getMessage() == "call record could not be written" for r in caplog.records)
+    # A finished turn's record is written with the turn, in its transaction (not through the call log).
     events = await run_turn(engine, "How many handgun checks in Kentucky?")
     assert isinstance(events[-1], chat.Finished)
-    assert any(r.getMessage() == "call record could not be written" for r in caplog.records)
+    [record] = await stores[1].for_owner("alice", 10)
+    assert record.status == "OK" and record.conversation_id == events[0].conversation_id  # type: ignore[union-attr]
+
+
+async def test_a_client_leaving_after_the_answer_is_saved_changes_neither_turn_nor_record(stores) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(stores, FakeRetriever(PASSAGES), FakeGenerator())
+    options = engine.options(None, None, None, None)
+    events = engine.turn("alice", "req-1", "", "How many handgun checks in Kentucky?", options)
+    async for event in events:
+        if isinstance(event, chat.ReferencesOut):
+            break  # the UI's Stop, with the whole answer in hand
+    await events.aclose()
+    [record] = await stores[1].for_owner("alice", 10)
+    [conversation] = await stores[0].recent("alice", 10)
+    assert record.status == "OK" and record.conversation_id == conversation.conversation_id
+    assert len(await stores[0].turns("alice", conversation.conversation_id)) == 1

@@ -77,7 +77,8 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         db.close()
     else:
         client = request.getfixturevalue("aws")
-        conversations, calls = DynamoConversationStore(client, "conversations"), DynamoCallLog(client, "calls")
+        conversations = DynamoConversationStore(client, "conversations", calls_table="calls")
+        calls = DynamoCallLog(client, "calls")
         await conversations.open()
         await calls.open()
         yield conversations, calls
@@ -144,6 +145,21 @@ async def test_call_log_serves_owner_time_request_and_conversation(stores: tuple
     assert [r.call_id for r in await calls.for_conversation("bob", "conv1")] == ["c4"]
     [first] = await calls.by_request_id("req-c1")
     assert first == call("c1", at=1000.0), "every field round-trips"
+
+
+async def test_a_turn_and_its_call_record_are_written_in_one_transaction(
+    stores: tuple[ConversationStore, CallLog],
+) -> None:
+    conversations, calls = stores
+    record = call("c1", conversation_id="conv1", answer="twelve")
+    await conversations.add_turn("alice", "conv1", "title", turn(0, 100.0), record)
+    assert await calls.by_request_id("req-c1") == [record]
+    assert len(await conversations.turns("alice", "conv1")) == 1
+    # The same record again (e.g. replayed): refused as a whole, neither a second record nor a second turn.
+    with pytest.raises(Exception):  # noqa: B017,PT011 - each store words the conflict its own way
+        await conversations.add_turn("alice", "conv1", "title", turn(0, 100.0), record)
+    assert await calls.by_request_id("req-c1") == [record]
+    assert len(await conversations.turns("alice", "conv1")) == 1, "the turn is not kept without its record"
 
 
 async def test_dynamo_call_record_is_written_exactly_once(aws: Any) -> None:

@@ -141,6 +141,12 @@ def test_openai_settings_with_the_key_in_a_file(tmp_path: Path) -> None:
     ("extra", "message"),
     [
         ({"OPENAI_BASE_URL": "vllm:8000"}, "OPENAI_BASE_URL='vllm:8000' must start with http"),
+        (
+            {"OPENAI_BASE_URL": "http:///v1"},
+            "OPENAI_BASE_URL: 'http:///v1' is not an http:// or https:// URL",
+        ),
+        ({"OPENAI_BASE_URL": "http://h/v1?key=1"}, "OPENAI_BASE_URL: 'http://h/v1?key=1' has a query"),
+        ({"OPENAI_API_KEY": "sk-a\nX-Injected: 1"}, "the OpenAI API key contains a line break"),
         ({"OPENAI_API_KEY": "a", "OPENAI_API_KEY_FILE": "/x"}, "not both"),
         ({"OPENAI_API_KEY_FILE": "/nonexistent/key"}, "OPENAI_API_KEY_FILE='/nonexistent/key' cannot be read"),
         ({"GENERATION_CONTEXT_WINDOW": "1024", "GENERATION_MAX_NEW_TOKENS": "1000"}, "GENERATION_MAX_NEW_TOKENS=1000"),

@@ -10,7 +10,7 @@ import pytest
 
 from services.common.errors import InvalidArgument
 from services.common.text import estimate_tokens
-from services.generation.backends import DoneEvent, GenerationInput, GenerationParams, Passage, TokenEvent
+from services.generation.backends import DoneEvent, GenerationInput, GenerationParams, Passage, TokenEvent, llm
 from services.generation.backends.llm import (
     LLMGenerator,
     LLMSettings,
@@ -133,6 +133,28 @@ async def test_budget_then_trims_the_lowest_ranked_passages() -> None:
     assert done.used_chunk_ids == tuple(f"c{i}" for i in range(1, kept + 1)) and 0 < kept < 6
     assert sum(count_tokens(t) for t in request.dialog.texts) <= window - max_new
     assert f"[{kept}] T{kept}" in request.dialog.turns[0][1] and f"[{kept + 1}]" not in request.dialog.turns[0][1]
+
+
+def test_fitting_counts_each_distinct_text_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting is a regex pass over the text, on the way to the first token: no text twice."""
+    counted: list[str] = []
+
+    def counting(text: str) -> int:
+        counted.append(text)
+        return count_tokens(text)
+
+    monkeypatch.setattr(llm, "count_tokens", counting)
+    generator = LLMGenerator(FakeModel(), LLMSettings(context_window=1000, default_max_new_tokens=200))
+    inp = GenerationInput(
+        question="Now?",
+        system="Answer from the passages.",
+        history=HISTORY,  # type: ignore[arg-type]
+        passages=passages(6, 100),
+        user_template="{context}\n\n{question}",
+    )
+    request, used, size = generator.plan(inp)
+    assert len(counted) == len(set(counted))
+    assert 0 < len(used) < 6 and size == sum(count_tokens(t) for t in request.dialog.texts)  # it still trimmed
 
 
 async def test_a_question_too_long_for_the_window_is_invalid() -> None:

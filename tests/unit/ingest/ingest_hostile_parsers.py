@@ -32,3 +32,13 @@ def echo(data: bytes, progress: Progress, options: ParseOptions) -> Extracted:
     text = data.decode()
     progress(1, 1)
     return Extracted((Page(0, text, (Section(0, len(text), ""),)),), "")
+
+
+def origin(data: bytes, progress: Progress, options: ParseOptions) -> Extracted:
+    """Not hostile: tells which process forked this child and which parser libraries it started with."""
+    import json
+    import sys
+
+    text = json.dumps({"parent": os.getppid(), "pid": os.getpid(), "pdfium": "pypdfium2" in sys.modules})
+    progress(1, 1)
+    return Extracted((Page(0, text, (Section(0, len(text), ""),)),), "")

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from services.ingest.chunking import chunk_pages, count_tokens
-from services.ingest.extraction import Page, Section, markdown_sections
+from services.ingest.extraction import Page, ParseOptions, Section, markdown_sections, parse_pdf, parse_text
+from services.retrieval.backends.local_index import embedding_text
+from services.retrieval.embedding import DEFAULT_MODEL_DIR, MAX_SEQUENCE_TOKENS, TOKENIZER_NAME
 
 
 def page(number: int, text: str) -> Page:
@@ -139,3 +144,48 @@ def test_an_over_long_sentence_after_others_is_cut_where_it_stands() -> None:
     covered = " ".join(chunk.text for chunk in chunks)
     assert "w0" in covered
     assert "w129." in covered
+
+
+# The default size against the embedding model's window, on real documents.
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
+
+
+def _real_documents() -> list[tuple[str, Sequence[Page]]]:
+    """The real PDFs (text layer only) and 400 SciFact abstracts uploaded as text files, as ``ragchat eval`` does."""
+    pdfs = sorted((SHARED_DATA / "pdfs").glob("*.pdf"))
+    corpus = SHARED_DATA / "scifact" / "corpus.jsonl"
+    if not pdfs or not corpus.is_file():
+        pytest.skip(f"the shared data is not at {SHARED_DATA}")
+    documents: list[tuple[str, Sequence[Page]]] = [
+        (path.stem, parse_pdf(path.read_bytes(), lambda current, total: None, ParseOptions(ocr=False)).pages)
+        for path in pdfs
+    ]
+    with corpus.open(encoding="utf-8") as lines:
+        for raw in itertools.islice(lines, 0, 4000, 10):
+            record = json.loads(raw)
+            content = f"{record['title']}\n\n{record['text']}\n".encode()
+            documents.append((record["title"], parse_text(content, lambda current, total: None, ParseOptions()).pages))
+    return documents
+
+
+def test_default_chunks_fit_the_embedding_window() -> None:
+    """all-MiniLM-L6-v2 reads 256 wordpieces of what the index embeds (title and heading, then
+    the text) and ignores the rest: with the default size, what is cut must be the exception."""
+    tokenizer_path = DEFAULT_MODEL_DIR / TOKENIZER_NAME
+    if not tokenizer_path.is_file():
+        pytest.skip(f"embedding model not built at {DEFAULT_MODEL_DIR}: run scripts/export_embedding_model.py")
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    tokenizer.no_truncation()
+    lengths: list[int] = []
+    for title, pages in _real_documents():
+        texts = [embedding_text(title, chunk.heading, chunk.text) for chunk in chunk_pages("d", pages)]
+        lengths.extend(len(encoding.ids) for encoding in tokenizer.encode_batch(texts))
+    lengths.sort()
+    fitting = sum(length <= MAX_SEQUENCE_TOKENS for length in lengths) / len(lengths)
+    assert len(lengths) > 400
+    assert fitting >= 0.95, f"only {fitting:.1%} of {len(lengths)} chunks fit in {MAX_SEQUENCE_TOKENS} wordpieces"
+    # ...without wasting the window: the median chunk fills more than half of it.
+    assert lengths[len(lengths) // 2] > MAX_SEQUENCE_TOKENS // 2

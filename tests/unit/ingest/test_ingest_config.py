@@ -17,7 +17,7 @@ def test_defaults() -> None:
     assert (config.retrieval_addr, config.generation_addr) == ("127.0.0.1:50053", "127.0.0.1:50054")
     assert config.max_upload_bytes == 50 * 1024 * 1024
     assert (config.concurrency, config.extract_timeout_seconds, config.extract_memory_mb) == (2, 120.0, 2048)
-    assert (config.chunk_tokens, config.chunk_overlap_tokens) == (220, 40)
+    assert (config.chunk_tokens, config.chunk_overlap_tokens) == (128, 24)
     assert config.blob_backend == "local"
     assert config.database_path == Path(".ragchat") / "ingest" / "ingest.db"
 

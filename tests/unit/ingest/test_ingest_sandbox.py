@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 
 import pytest
@@ -47,7 +49,7 @@ async def test_a_parser_over_the_memory_limit_fails_cleanly() -> None:
 async def test_a_crashing_parser_is_reported_and_the_next_extraction_works() -> None:
     with pytest.raises(ExtractionError) as caught:
         await extractor("segfault").extract("text/plain", b"x")
-    assert caught.value.code == "INTERNAL"
+    assert caught.value.code == "INVALID_ARGUMENT"
     assert caught.value.message == "the extraction process crashed (SIGSEGV); the file may be malformed"
     assert (await extractor("echo").extract("text/plain", b"still fine")).pages[0].text == "still fine"
 
@@ -70,3 +72,13 @@ async def test_cancelling_an_extraction_kills_the_child() -> None:
 async def test_an_unknown_content_type_has_no_parser() -> None:
     with pytest.raises(ExtractionError, match="no parser for content type image/png"):
         await Extractor(timeout_seconds=5, memory_mb=512).extract("image/png", b"x")
+
+
+async def test_children_fork_from_a_server_that_preloaded_the_parsers() -> None:
+    """Not from the service's own process (gRPC threads), nor a fresh interpreter each time (slow)."""
+    sandbox = extractor("origin")
+    await sandbox.start()
+    first, second = [json.loads((await sandbox.extract("text/plain", b"x")).pages[0].text) for _ in range(2)]
+    assert first["parent"] == second["parent"] != os.getpid()
+    assert first["pid"] != second["pid"]  # one child per file
+    assert first["pdfium"] and second["pdfium"]

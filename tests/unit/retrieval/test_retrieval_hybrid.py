@@ -20,6 +20,7 @@ from services.retrieval.backends.fusion import fuse, latin_share
 from services.retrieval.backends.local_index import LocalIndex
 from services.retrieval.embedding import DEFAULT_MODEL_DIR, MANIFEST_NAME, ONNX_NAME, TOKENIZER_NAME, OnnxEmbedder
 from services.retrieval.evaluation import mean_ndcg
+from tests.unit.retrieval.legacy_index import write_legacy_index
 from tests.unit.retrieval.retrieval_fakes import HashEmbedder
 
 needs_model = pytest.mark.skipif(
@@ -237,6 +238,7 @@ async def test_hnsw_answers_large_owners_and_its_snapshot_is_reused_only_when_cu
     await second.index_document(DocumentHeader("alice", "late"), chunks("word9x9 late arrival", prefix="late-"))
     # A crash now (no close): the next start must rebuild, not load the graph saved before the write.
     second._writer = None  # simulate the process dying: nothing saved
+    second._keyword.abandon()
     third = LocalIndex(path, embedder=embedder, ann_threshold=50)
     await third.open()
     assert any(record.message == "HNSW graph built" for record in caplog.records)
@@ -269,21 +271,16 @@ async def test_chunks_without_vectors_are_embedded_at_start(tmp_path: Path) -> N
 
 async def test_a_version_1_index_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "index.db"
-    old = LocalIndex(path)
-    await old.open()
-    await old.index_document(DocumentHeader("alice", "d"), chunks("서울 수도", "red apple"))
-    await old.close()
-    with sqlite3.connect(path) as db:
-        db.execute("DROP TABLE chunk_vectors")
-        db.execute("ALTER TABLE chunks DROP COLUMN english")
-        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    count = write_legacy_index(path, 1)
     index = LocalIndex(path, embedder=HashEmbedder())
     await index.open()
     try:
-        assert vector_rows(path) == (2, 2)
+        assert vector_rows(path) == (count, count)
         with sqlite3.connect(path) as db:
-            assert [row[0] for row in db.execute("SELECT english FROM chunks ORDER BY chunk_key")] == [0.0, 1.0]
-        assert (await ranked(index, "apple", SearchMode.HYBRID))[0] == "c1"
+            english = db.execute("SELECT chunk_id, english FROM chunks ORDER BY chunk_key").fetchall()
+        assert english == [("g0", 1.0), ("s0", 0.0), ("s1", 1.0), ("b0", 1.0)]
+        assert (await ranked(index, "apple", SearchMode.HYBRID))[0] == "s1"
+        assert (await ranked(index, "tomatoes", SearchMode.HYBRID, owner="bob")) == ["b0"]
     finally:
         await index.close()
 

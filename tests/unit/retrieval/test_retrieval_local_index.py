@@ -1,17 +1,22 @@
-"""LocalIndex against a real SQLite file: ranking, owner and document filters, atomic writes, persistence."""
+"""LocalIndex against a real SQLite file and keyword index: ranking, owner and document filters, atomic writes,
+persistence, the keyword index catching up after a crash, migrations."""
 
 from __future__ import annotations
 
+import logging
 import re
+import shutil
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.retrieval.backends import ChunkRecord, DocumentHeader, SearchMode
+from services.retrieval.backends.keyword import KeywordChunk, KeywordIndex
 from services.retrieval.backends.local_index import LocalIndex
+from tests.unit.retrieval.legacy_index import write_legacy_index
 
 KEYWORD = SearchMode.KEYWORD
 
@@ -272,3 +277,121 @@ async def test_korean_questions_find_their_passage(index: LocalIndex, question: 
     passages = await index.search("alice", question, 3, (), KEYWORD)
     assert passages[0].chunk_id == expected
     assert passages[0].language == "ko"
+
+
+def crash(index: LocalIndex) -> None:
+    """Stop ``index`` as a kill -9 would: nothing saved or committed on the way out."""
+    assert index._writer is not None
+    index._writer.close()
+    index._writer = None
+    index._keyword.abandon()
+
+
+async def test_writes_the_keyword_index_had_not_committed_are_replayed_at_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "index.db"
+    first = LocalIndex(path, keyword_commit_seconds=3600)
+    await first.open()
+    await first.index_document(DocumentHeader("alice", "kept"), chunks("cherry kept", prefix="k"))
+    await first.index_document(DocumentHeader("alice", "gone"), chunks("cherry gone", prefix="g"))
+    assert sorted(await ids(first, "alice", "cherry")) == ["g0", "k0"]  # this search committed both
+    await first.index_document(DocumentHeader("alice", "kept"), chunks("cherry replaced", prefix="r"))
+    await first.delete_document("alice", "gone")
+    await first.index_document(DocumentHeader("alice", "new"), chunks("cherry new", prefix="n"))
+    crash(first)  # the last three writes are in SQLite only
+
+    caplog.set_level(logging.INFO, logger="services.retrieval.backends.local_index")
+    second = LocalIndex(path)
+    await second.open()
+    try:
+        assert sorted(await ids(second, "alice", "cherry")) == ["n0", "r0"]
+        assert await ids(second, "alice", "kept") == []
+        assert await ids(second, "alice", "gone") == []
+    finally:
+        await second.close()
+    caught_up = [record for record in caplog.records if record.message == "keyword index caught up"]
+    assert [record.__dict__["chunks"] for record in caught_up] == [2]
+
+
+async def test_a_missing_keyword_index_is_rebuilt_from_the_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    first = LocalIndex(path)
+    await first.open()
+    await first.index_document(DocumentHeader("alice", "d", title="Fruit"), chunks("pear tart", "plum jam"))
+    await first.close()
+    shutil.rmtree(tmp_path / "index.db.keyword")
+    second = LocalIndex(path)
+    await second.open()
+    try:
+        assert sorted(await ids(second, "alice", "fruit")) == ["c0", "c1"]  # the title is indexed again too
+        assert await ids(second, "alice", "plum") == ["c1"]
+    finally:
+        await second.close()
+
+
+async def test_a_keyword_index_of_another_index_file_is_not_trusted(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    first = LocalIndex(path)
+    await first.open()
+    for n in range(3):
+        await first.index_document(DocumentHeader("alice", f"d{n}"), chunks(f"orange {n}", prefix=f"d{n}-"))
+    await first.close()
+    for name in ("index.db", "index.db-wal", "index.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)  # the database is gone (or replaced); its keyword index stays
+    second = LocalIndex(path)
+    await second.open()
+    try:
+        await second.index_document(DocumentHeader("alice", "fresh"), chunks("orange fresh", prefix="f"))
+        assert await ids(second, "alice", "orange") == ["f0"]
+    finally:
+        await second.close()
+
+
+async def test_a_failed_keyword_update_is_caught_up_by_the_next_write(
+    index: LocalIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_apply = KeywordIndex.apply
+    calls = 0
+
+    def fail_once(self: KeywordIndex, deleted: Iterable[int], chunks: Iterable[KeywordChunk], generation: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("No space left on device")
+        return real_apply(self, deleted, chunks, generation)
+
+    monkeypatch.setattr(KeywordIndex, "apply", fail_once)
+    with pytest.raises(OSError, match="No space left"):
+        await index.index_document(DocumentHeader("alice", "a"), chunks("mango first", prefix="a"))
+    await index.index_document(DocumentHeader("alice", "b"), chunks("mango second", prefix="b"))
+    assert sorted(await ids(index, "alice", "mango")) == ["a0", "b0"]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_an_index_of_an_earlier_version_is_migrated_and_its_keyword_index_built(
+    tmp_path: Path, version: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "index.db"
+    write_legacy_index(path, version)
+    caplog.set_level(logging.INFO, logger="services.retrieval.backends.local_index")
+    index = LocalIndex(path)
+    await index.open()
+    try:
+        assert await ids(index, "alice", "tomato") == ["g0"]
+        assert await ids(index, "alice", "garden notes") == ["g0"]  # the title
+        assert await ids(index, "alice", "대한민국의 수도") == ["s0"]
+        assert await ids(index, "bob", "tomatoes basil") == ["b0"]
+        await index.index_document(DocumentHeader("alice", "seoul"), chunks("부산은 항구 도시이다"))
+        assert await ids(index, "alice", "수도") == []
+        assert await ids(index, "alice", "항구") == ["c0"]
+        assert await index.delete_document("bob", "garden") == 1
+        assert await ids(index, "bob", "tomatoes") == []
+    finally:
+        await index.close()
+    messages = [record.message for record in caplog.records]
+    assert "index schema migrated" in messages
+    assert "keyword index built" in messages
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+        assert db.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'chunk_fts%'").fetchone() == (0,)
