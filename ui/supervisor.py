@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import json
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
@@ -34,6 +33,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import ConfigError, Env, ragchat_home
+from services.common.lifecycle import SUPERVISOR_PID
 
 SERVICES = ("retrieval", "generation", "ingest", "gateway")
 UI = "ui"
@@ -244,23 +244,6 @@ def port_in_use(host: str, port: int) -> bool:
 # -- children ------------------------------------------------------------------------------
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """On Linux, a preexec hook that has the kernel SIGTERM the child when the supervisor dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    sigterm = int(signal.SIGTERM)
-
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, sigterm)
-
-    return hook
-
-
 @dataclass
 class _Child:
     spec: ChildSpec
@@ -311,7 +294,6 @@ class Suite:
         self._starter: asyncio.Task[None] | None = None
         self._stop_lock = asyncio.Lock()
         self._stop_task: asyncio.Task[None] | None = None
-        self._preexec = _parent_death_signal()
         self._config = config
 
     @classmethod
@@ -487,12 +469,12 @@ class Suite:
             log.write(_supervisor_line(f"starting {spec.name}", argv=list(spec.argv), start=child.starts) + "\n")
         child.process = await asyncio.create_subprocess_exec(
             *spec.argv,
-            env=dict(spec.env),
+            # The child ends itself when this process dies (services.common.lifecycle).
+            env={**spec.env, SUPERVISOR_PID: str(os.getpid())},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=False,
-            preexec_fn=self._preexec,
         )
         child.pump = asyncio.create_task(self._pump(child, child.process), name=f"log-{spec.name}")
 

@@ -23,6 +23,7 @@ from typing import Any
 import gradio as gr
 
 from services.common.config import ConfigError, Env
+from services.common.lifecycle import follow_supervisor
 from services.common.logging import setup_logging
 from ui.client import DEFAULT_GATEWAY, default_user
 from ui.web_handlers import (
@@ -354,6 +355,7 @@ def main() -> int:
     setup_logging("ui", config.log_level)
     # SIGTERM (from the supervisor) closes the server like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
+    follow_supervisor()
     app = build_app(
         ClientPool(config.gateway),
         default_user_id=default_user() if config.auth_mode == "none" else "",

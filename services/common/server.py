@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common import metrics, tracing
 from services.common.config import Env, ServerConfig
 from services.common.interceptors import ServerInterceptor
+from services.common.lifecycle import follow_supervisor
 from services.common.metrics import MetricsConfig
 from services.common.tracing import TracingConfig
 
@@ -116,6 +117,7 @@ async def serve_until_signalled(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    follow_supervisor()  # with the handlers in place: a supervisor already gone stops us cleanly
     endpoint = metrics.serve(config.host, metrics_config.port) if metrics_config.port else None
     if tracing_config.enabled:
         tracing.install(app.name)

@@ -24,7 +24,10 @@ from ui.supervisor import ChildSpec, GrpcHealth, HttpReady, Suite, SuiteFailed
 REPO = Path(__file__).resolve().parents[3]
 PY = sys.executable
 
-SLEEPER = "import time; print('sleeping', flush=True); time.sleep(120)"
+SLEEPER = (
+    "import time; from services.common.lifecycle import follow_supervisor; follow_supervisor();"
+    " print('sleeping', flush=True); time.sleep(120)"
+)
 # Dies with code 3 (after a last word) on its first run, sleeps on later ones.
 FLAKY = textwrap.dedent(
     """
