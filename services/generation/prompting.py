@@ -33,13 +33,23 @@ def substitute(template: str, values: Mapping[str, str]) -> str:
     return pattern.sub(lambda match: values[match.group(1)], template)
 
 
+# A document's own text must not open or close the prompt's data block (``<documents>``,
+# ``<document …>``): its tags are made inert, visibly, and nothing else of the text changes.
+_BLOCK_TAG = re.compile(r"<(\s*/?\s*documents?\b)", re.IGNORECASE)
+
+
+def inert(text: str) -> str:
+    """``text`` with every ``<document``/``</documents`` tag written as ``&lt;…``."""
+    return _BLOCK_TAG.sub(r"&lt;\1", text)
+
+
 def render_passage(template: str, n: int, passage: Passage) -> str:
     """One passage: "{n}" its 1-based number, "{page}" empty when the format has no pages."""
     values = {
         "n": str(n),
-        "title": passage.title,
+        "title": inert(passage.title),
         "page": str(passage.page) if passage.page > 0 else "",
-        "text": passage.text,
+        "text": inert(passage.text),
     }
     return substitute(template or DEFAULT_PASSAGE_TEMPLATE, values)
 

@@ -134,11 +134,6 @@ async def test_bob_asking_for_other_users_documents_gets_none_of_alices(stack: S
     assert not set(stack.alice_docs.values()) & {p.doc_id for p in answer.references}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generation/prompting.py inserts passage text verbatim: a document containing '</documents>' "
-    "closes the data block early, and what follows reads as text outside the documents",
-)
 async def test_a_document_cannot_close_the_documents_block(stack: Stack) -> None:
     _, sent = await asked(stack, "How many visitors did the quarterly survey of the Daegu branch count?")
     user_turn = sent[-1]["content"]
