@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import lru_cache
+from typing import NamedTuple
 
 from services.generation.backends import GenerationInput, Passage
 
@@ -29,8 +31,25 @@ def substitute(template: str, values: Mapping[str, str]) -> str:
     """
     if not values:
         return template
-    pattern = re.compile("\\{(" + "|".join(re.escape(name) for name in values) + ")\\}")
-    return pattern.sub(lambda match: values[match.group(1)], template)
+    parts = _template_parts(template, tuple(values))
+    if len(parts) == 1:
+        return template
+    # parts alternate: literal, name, literal, …, literal
+    return "".join(values[part] if i % 2 else part for i, part in enumerate(parts))
+
+
+@lru_cache(maxsize=256)
+def _template_parts(template: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """``template`` split once into its literal pieces and the placeholder names between them.
+
+    A request's templates are the gateway's few, so each is split once, not for every passage.
+    """
+    return tuple(_placeholders(names).split(template))
+
+
+@lru_cache(maxsize=64)
+def _placeholders(names: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("\\{(" + "|".join(re.escape(name) for name in names) + ")\\}")
 
 
 # A document's own text must not open or close the prompt's data block (``<documents>``,
@@ -40,6 +59,8 @@ _BLOCK_TAG = re.compile(r"<(\s*/?\s*documents?\b)", re.IGNORECASE)
 
 def inert(text: str) -> str:
     """``text`` with every ``<document``/``</documents`` tag written as ``&lt;…``."""
+    if "<" not in text:  # most texts: a scan in C instead of the expression
+        return text
     return _BLOCK_TAG.sub(r"&lt;\1", text)
 
 
@@ -77,19 +98,38 @@ def count_words(text: str) -> int:
     return len(_WORD_RE.findall(text))
 
 
-def fit_to_budget(inp: GenerationInput, budget: int, count_tokens: Callable[[str], int]) -> GenerationInput:
+class Fitted(NamedTuple):
+    """A prompt that fits: the input as trimmed, and its final user turn already rendered."""
+
+    input: GenerationInput
+    user_turn: str
+
+
+def fit_to_budget(inp: GenerationInput, budget: int, count_tokens: Callable[[str], int]) -> Fitted:
     """``inp`` trimmed until its prompt fits ``budget`` tokens (as counted by ``count_tokens``).
 
     What goes first, per the contract: the oldest history turns, then the lowest-ranked
     passages. History restarts at a user turn (chat formats require it). The system prompt
     and the question are never trimmed; if they alone exceed the budget the result is the
     input with no history and no passages (the backend decides whether that still fits).
-    """
 
-    def size(candidate: GenerationInput) -> int:
-        turn = render_user_turn(
-            candidate.question, candidate.passages, candidate.user_template, candidate.passage_template
-        )
+    Each passage is rendered once: trimming drops passages from the end, so the numbers of
+    those kept never change, and every candidate's context is a prefix of the same pieces.
+    """
+    uses_context = bool(inp.user_template) and "{context}" in inp.user_template
+    pieces = (
+        [render_passage(inp.passage_template, n, p) for n, p in enumerate(inp.passages, start=1)]
+        if uses_context
+        else []
+    )
+
+    def turn_of(candidate: GenerationInput) -> str:
+        if not candidate.user_template:
+            return candidate.question
+        context = PASSAGE_SEPARATOR.join(pieces[: len(candidate.passages)]) if uses_context else ""
+        return substitute(candidate.user_template, {"context": context, "question": candidate.question})
+
+    def size(candidate: GenerationInput, turn: str) -> int:
         return (
             count_tokens(candidate.system)
             + sum(count_tokens(content) for _, content in candidate.history)
@@ -97,22 +137,25 @@ def fit_to_budget(inp: GenerationInput, budget: int, count_tokens: Callable[[str
         )
 
     current = inp
-    current_size = size(current)  # each candidate rendered and counted once
+    turn = turn_of(current)
+    current_size = size(current, turn)  # each candidate rendered and counted once
     while current_size > budget and current.history:
         history = current.history[1:]
         while history and history[0][0] != "user":  # a conversation restarts with a user turn
             history = history[1:]
         current = replace(current, history=history)
-        current_size = size(current)
+        current_size = size(current, turn)
     while current_size > budget and current.passages:
         current = replace(current, passages=current.passages[:-1])
-        current_size = size(current)
-    return current
+        turn = turn_of(current)
+        current_size = size(current, turn)
+    return Fitted(current, turn)
 
 
 __all__ = [
     "DEFAULT_PASSAGE_TEMPLATE",
     "PASSAGE_SEPARATOR",
+    "Fitted",
     "count_words",
     "fit_to_budget",
     "render_context",

@@ -33,7 +33,7 @@ from services.generation.backends import (
     TokenEvent,
 )
 from services.generation.formats import TEMPLATE_TOKENS_PER_MESSAGE, Dialog, make_dialog
-from services.generation.prompting import fit_to_budget, render_user_turn
+from services.generation.prompting import fit_to_budget
 
 # The smallest prompt budget worth calling a model with.
 MIN_PROMPT_TOKENS = 64
@@ -188,8 +188,7 @@ class LLMGenerator:
                 tokens = counted[text] = count_tokens(text)
             return tokens
 
-        fitted = fit_to_budget(inp, budget, count)
-        user_turn = render_user_turn(fitted.question, fitted.passages, fitted.user_template, fitted.passage_template)
+        fitted, user_turn = fit_to_budget(inp, budget, count)
         dialog = make_dialog(fitted.system, fitted.history, user_turn)
         size = sum(count(text) for text in dialog.texts)
         if size > budget:

@@ -84,20 +84,33 @@ def test_fit_to_budget_trims_oldest_history_then_lowest_passages() -> None:
         user_template="{context} {question}",
         passage_template="{text}",
     )
-    full = fit_to_budget(inp, 1000, count_words)
+    full, full_turn = fit_to_budget(inp, 1000, count_words)
     assert full == inp
     # Budget that forces dropping the first user/assistant pair only.
-    no_first_pair = fit_to_budget(inp, 1 + 4 + (4 + 2 + 1), count_words)
+    no_first_pair, no_first_pair_turn = fit_to_budget(inp, 1 + 4 + (4 + 2 + 1), count_words)
     assert no_first_pair.history == (("user", "g h"), ("assistant", "i j"))
     assert no_first_pair.passages == (P1, P2)
     # Then the lowest-ranked passage goes.
-    one_passage = fit_to_budget(inp, 1 + 4 + 1, count_words)
+    one_passage, one_passage_turn = fit_to_budget(inp, 1 + 4 + 1, count_words)
     assert one_passage.history == ()
     assert one_passage.passages == (P1,)
-    minimal = fit_to_budget(inp, 0, count_words)
+    minimal, minimal_turn = fit_to_budget(inp, 0, count_words)
     assert minimal.history == ()
     assert minimal.passages == ()
     assert minimal.question == "q"
+    # The turn returned is the one the trimmed input renders to (each passage rendered once).
+    for fitted, turn in ((full, full_turn), (no_first_pair, no_first_pair_turn), (one_passage, one_passage_turn)):
+        assert turn == render_user_turn(fitted.question, fitted.passages, fitted.user_template, fitted.passage_template)
+    assert full_turn == "Press the red button.\n\nNothing else. q"
+    assert one_passage_turn == "Press the red button. q" and minimal_turn == " q"
+
+
+def test_substitute_reuses_a_template_with_other_values() -> None:
+    template = "[{n}] {title}: {text} {n}"
+    first = substitute(template, {"n": "1", "title": "A", "text": "x"})
+    second = substitute(template, {"n": "2", "title": "{n}", "text": "y"})
+    assert (first, second) == ("[1] A: x 1", "[2] {n}: y 2")
+    assert substitute("no placeholders {here}", {"n": "1"}) == "no placeholders {here}"
 
 
 def test_a_passage_cannot_open_or_close_the_documents_block() -> None:
