@@ -374,6 +374,18 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return line
 
+    def buffered_line(self) -> bytes | None:
+        """The next line if it has already arrived, else None, without waiting (the end of the
+        body and errors are left to :meth:`readline`)."""
+        if not self._lines:
+            return None
+        line = self._lines.popleft()
+        self._buffered -= len(line) + 1
+        if self._paused and self._buffered < PAUSE_BYTES // 2 and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return line
+
     @property
     def body_complete(self) -> bool:
         return self._state == _DONE and not self._lines and self._error is None
@@ -453,6 +465,15 @@ class StreamingResponse:
         if self._connection is None:
             return None
         line = await self._connection.readline()
+        if line is not None and line.endswith(b"\r"):
+            return line[:-1]
+        return line
+
+    def buffered_line(self) -> bytes | None:
+        """The next line of the body if it has already arrived, else None, without waiting."""
+        if self._connection is None:
+            return None
+        line = self._connection.buffered_line()
         if line is not None and line.endswith(b"\r"):
             return line[:-1]
         return line
@@ -596,6 +617,10 @@ class HttpStream(Protocol):
 
     async def readline(self) -> bytes | None: ...
 
+    def buffered_line(self) -> bytes | None:
+        """The next line if it has already arrived, else None: never waits, never raises."""
+        ...
+
     async def read(self, limit: int) -> bytes: ...
 
     @property
@@ -721,6 +746,12 @@ class _ProxiedResponse:
             if len(self._partial) > self._max_line or any(len(line) > self._max_line for line in complete):
                 raise LineTooLong(f"a line of the response is longer than {self._max_line} bytes")
             self._lines.extend(complete)
+        line = self._lines.popleft()
+        return line[:-1] if line.endswith(b"\r") else line
+
+    def buffered_line(self) -> bytes | None:
+        if not self._lines:
+            return None
         line = self._lines.popleft()
         return line[:-1] if line.endswith(b"\r") else line
 

@@ -84,7 +84,10 @@ class ModelRequest:
 
 @dataclass(frozen=True)
 class ModelDelta:
+    """The next piece of the answer: ``tokens`` tokens of text (several when they arrived together)."""
+
     text: str
+    tokens: int = 1
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,7 @@ class LLMGenerator:
                 if isinstance(event, ModelFinish):
                     finish = event
                 elif event.text:
-                    counted += 1
+                    counted += event.tokens
                     yield TokenEvent(event.text)
         yield DoneEvent(
             prompt_tokens=finish.prompt_tokens if finish.prompt_tokens is not None else estimate,
@@ -265,7 +268,7 @@ class LLMGenerator:
                 if isinstance(event, ModelFinish):
                     finish = event
                 elif event.text:
-                    counted += 1
+                    counted += event.tokens
                     yield TokenEvent(event.text)
         prompt_estimate = count_tokens(system) + count_tokens(user)
         usage[0] += finish.prompt_tokens if finish.prompt_tokens is not None else prompt_estimate

@@ -213,31 +213,50 @@ class OpenAIChatModel:
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
         event_name = ""
+        pending: list[str] = []  # tokens read but not yet handed on
         try:
-            while (raw := await response.readline()) is not None:
+            raw = await response.readline()
+            while raw is not None:
                 if not raw:
                     event_name = ""
-                    continue
-                if not raw.startswith(b"data:"):
-                    if raw.startswith(b"event:"):
-                        event_name = raw[6:].strip().decode("utf-8", "replace")
-                    continue  # comments (": keep-alive"), ids, retry hints
-                data = raw[5:].strip()
-                if data == b"[DONE]":
-                    await _drain(response)
-                    break
-                chunk = self._parse(data, event_name, sent)
-                usage = chunk.get("usage")
-                if isinstance(usage, dict):
-                    prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
-                    completion_tokens = usage.get("completion_tokens", completion_tokens)
-                for choice in chunk.get("choices") or ():
-                    content = (choice.get("delta") or {}).get("content")
-                    if content:
-                        sent += 1
-                        yield ModelDelta(content)
-                    if choice.get("finish_reason"):
-                        reason = _FINISH_REASONS.get(choice["finish_reason"], "stop")
+                elif raw.startswith(b"data:"):
+                    data = raw[5:].strip()
+                    if data == b"[DONE]":
+                        if pending:
+                            sent += len(pending)
+                            yield ModelDelta("".join(pending), len(pending))
+                            pending.clear()
+                        await _drain(response)
+                        break
+                    try:
+                        chunk = self._parse(data, event_name, sent + len(pending))
+                    except Unavailable:
+                        if pending:  # the answer so far, then the server's error
+                            sent += len(pending)
+                            yield ModelDelta("".join(pending), len(pending))
+                        raise
+                    usage = chunk.get("usage")
+                    if isinstance(usage, dict):
+                        prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
+                        completion_tokens = usage.get("completion_tokens", completion_tokens)
+                    for choice in chunk.get("choices") or ():
+                        content = (choice.get("delta") or {}).get("content")
+                        if content:
+                            pending.append(content)
+                        if choice.get("finish_reason"):
+                            reason = _FINISH_REASONS.get(choice["finish_reason"], "stop")
+                elif raw.startswith(b"event:"):
+                    event_name = raw[6:].strip().decode("utf-8", "replace")
+                # else: comments (": keep-alive"), ids, retry hints
+                # Tokens that arrived together (the caller was busy sending the previous ones) go
+                # on as one piece; a token is never held back waiting for another.
+                raw = response.buffered_line()
+                if raw is None:
+                    if pending:
+                        sent += len(pending)
+                        yield ModelDelta("".join(pending), len(pending))
+                        pending.clear()
+                    raw = await response.readline()
         except ReadTimeout as error:
             raise Unavailable(
                 f"{self.name} stalled for {self._settings.read_timeout:g} s after {sent} tokens; "

@@ -77,7 +77,9 @@ async def test_the_service_process_runs_on_uvloop_relays_and_stops_on_sigterm(tm
                 stub = generation_pb2_grpc.GenerationServiceStub(channel)
                 for _ in range(2):
                     responses = [r async for r in stub.Generate(generation_pb2.GenerateRequest(question="Why?"))]
-                    assert [r.token for r in responses if r.WhichOneof("event") == "token"] == ["Blue", " light"]
+                    # Tokens that reach the service together are relayed as one piece.
+                    pieces = [r.token for r in responses if r.WhichOneof("event") == "token"]
+                    assert "".join(pieces) == "Blue light" and len(pieces) in (1, 2)
                     assert responses[-1].done.finish_reason == "stop"
             finally:
                 await channel.close()

@@ -125,8 +125,9 @@ async def test_streams_through_an_http_proxy_with_its_credentials(proxy: Forward
             events = [event async for event in model.generate(INPUT)]
         finally:
             await model.close()
-    assert [e.text for e in events if isinstance(e, TokenEvent)] == ["Rayleigh", " scattering"]
+    assert "".join(e.text for e in events if isinstance(e, TokenEvent)) == "Rayleigh scattering"
     assert isinstance(events[-1], DoneEvent) and events[-1].finish_reason == "stop"
+    assert events[-1].completion_tokens == 2
     assert server.requests[0].path == "/v1/chat/completions" and server.requests[0].json()["stream"] is True
     line, auth = proxy.requests[0]
     assert line == f"POST {url}/v1/chat/completions HTTP/1.1"

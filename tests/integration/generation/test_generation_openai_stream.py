@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from services.common.errors import RagchatError, ResourceExhausted, Unauthenticated, Unavailable
-from services.generation.backends import DoneEvent, GenerationInput, GenerationParams, TokenEvent
+from services.generation.backends import DoneEvent, GenerationEvent, GenerationInput, GenerationParams, TokenEvent
 from services.generation.backends.llm import LLMGenerator, LLMSettings
 from services.generation.backends.openai_compatible import OpenAIChatModel, OpenAISettings
 from tests.integration.generation.generation_fakes import Exchange, FakeHttpServer, RawServer, read_request
@@ -79,7 +79,8 @@ async def test_streams_tokens_usage_and_finish_reason(make_generator: Callable[.
         await generator.start()
         events = [event async for event in generator.generate(INPUT)]
 
-    assert [e.text for e in events if isinstance(e, TokenEvent)] == ["Rayleigh", " scattering"]
+    # The pieces may join tokens that arrived together (test_tokens_that_arrive_together_...).
+    assert "".join(e.text for e in events if isinstance(e, TokenEvent)) == "Rayleigh scattering"
     done = events[-1]
     assert isinstance(done, DoneEvent)
     assert (done.finish_reason, done.prompt_tokens, done.completion_tokens, done.model) == (
@@ -112,9 +113,60 @@ async def test_sse_lines_split_across_network_chunks(make_generator: Callable[..
         generator = make_generator(server.url, include_usage=False)
         await generator.start()
         events = [event async for event in generator.generate(INPUT)]
-    assert [e.text for e in events if isinstance(e, TokenEvent)] == ["한국어", " text"]
+    # The second part completes both events: they go on as one piece of two tokens.
+    assert [e.text for e in events if isinstance(e, TokenEvent)] == ["한국어 text"]
     assert isinstance(events[-1], DoneEvent) and events[-1].completion_tokens == 2  # counted, no usage sent
     assert "stream_options" not in server.requests[0].json()
+
+
+async def test_tokens_that_arrive_together_go_on_as_one_piece_and_none_waits(
+    make_generator: Callable[..., LLMGenerator],
+) -> None:
+    """Under load the relay sends what has arrived while it was busy as one piece (one gRPC
+    message instead of many); a token that arrives alone goes on at once, never held back."""
+    next_token = asyncio.Event()
+
+    async def handler(exchange: Exchange) -> None:
+        await exchange.send_head(200, SSE_HEADERS)
+        await exchange.send_chunk(chunk("Alone"))
+        await next_token.wait()  # sent only once the test has received "Alone"
+        await exchange.send_chunk(b"".join(chunk(f" t{i}") for i in range(40)) + b": keep-alive\n\n")
+        await exchange.send_chunk(chunk(None, "length") + sse("[DONE]"))
+        await exchange.end_chunks()
+
+    async with FakeHttpServer(handler) as server:
+        generator = make_generator(server.url, include_usage=False)
+        await generator.start()
+        events: list[GenerationEvent] = []
+        async for event in generator.generate(INPUT):
+            events.append(event)
+            if isinstance(event, TokenEvent) and event.text == "Alone":
+                next_token.set()
+    pieces = [e.text for e in events if isinstance(e, TokenEvent)]
+    assert pieces[0] == "Alone" and "".join(pieces[1:]) == "".join(f" t{i}" for i in range(40))
+    assert len(pieces) < 10, f"40 tokens that arrived in one write went on in {len(pieces) - 1} pieces"
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and (done.completion_tokens, done.finish_reason) == (41, "length")
+
+
+async def test_tokens_read_with_an_error_event_are_handed_on_before_the_error(
+    make_generator: Callable[..., LLMGenerator],
+) -> None:
+    async def handler(exchange: Exchange) -> None:
+        await exchange.send_head(200, SSE_HEADERS)
+        await exchange.send_chunk(chunk("One") + chunk(" two") + sse({"error": {"message": "worker died"}}))
+        await exchange.end_chunks()
+
+    async with FakeHttpServer(handler) as server:
+        generator = make_generator(server.url)
+        await generator.start()
+        tokens: list[str] = []
+        error = await _until_error(generator, tokens)
+    assert "".join(tokens) == "One two"
+    assert (
+        isinstance(error, Unavailable)
+        and "reported an error after 2 tokens of the answer: worker died" in error.message
+    )
 
 
 async def test_error_event_mid_stream_after_the_partial_answer(make_generator: Callable[..., LLMGenerator]) -> None:
