@@ -111,6 +111,17 @@ _WORD_RE = re.compile(f"[^\\W_{_HANGUL}]+")
 _SYMBOL_RE = re.compile(f"[^\\w\\s{_HANGUL}]")
 
 
+def max_estimate_tokens(text: str) -> int:
+    """An upper bound of :func:`estimate_tokens` from the length alone (for any text).
+
+    With w word runs, h Hangul and s symbol characters in n characters, two word runs need a
+    non-word character between them, so w ≤ h + s + spaces + 1 and w + h + s ≤ n. The estimate
+    1.3w + 1.1h + 0.5s is therefore at most 1.3(n + 1)/2 + 1.1(n - 1)/2 = 1.2n + 0.1 ("a가a가…"),
+    and the rounded estimate at most 1.2n + 1.1.
+    """
+    return len(text) * 6 // 5 + 2
+
+
 def estimate_tokens(text: str) -> int:
     """A conservative estimate of subword tokens (Llama/GPT-style BPE) when no tokenizer is at hand.
 

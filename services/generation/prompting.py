@@ -105,8 +105,17 @@ class Fitted(NamedTuple):
     user_turn: str
 
 
-def fit_to_budget(inp: GenerationInput, budget: int, count_tokens: Callable[[str], int]) -> Fitted:
+def fit_to_budget(
+    inp: GenerationInput,
+    budget: int,
+    count_tokens: Callable[[str], int],
+    bound: Callable[[str], int] | None = None,
+) -> Fitted:
     """``inp`` trimmed until its prompt fits ``budget`` tokens (as counted by ``count_tokens``).
+
+    ``bound``, an upper bound of ``count_tokens`` from the length alone: when the whole prompt's
+    bound fits, nothing is counted (counting passes over every character on the way to the
+    first token; a large context window rarely needs it).
 
     What goes first, per the contract: the oldest history turns, then the lowest-ranked
     passages. History restarts at a user turn (chat formats require it). The system prompt
@@ -138,6 +147,10 @@ def fit_to_budget(inp: GenerationInput, budget: int, count_tokens: Callable[[str
 
     current = inp
     turn = turn_of(current)
+    if bound is not None:
+        texts = [inp.system, *(content for _, content in inp.history), turn]
+        if sum(bound(text) for text in texts) <= budget:
+            return Fitted(current, turn)
     current_size = size(current, turn)  # each candidate rendered and counted once
     while current_size > budget and current.history:
         history = current.history[1:]

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.common.text import detect_language, estimate_tokens
+from services.common.text import detect_language, estimate_tokens, max_estimate_tokens
 from services.generation.backends import (
     DoneEvent,
     FinishReason,
@@ -134,6 +134,11 @@ def count_tokens(text: str) -> int:
     return estimate_tokens(text) + TEMPLATE_TOKENS_PER_MESSAGE
 
 
+def max_count_tokens(text: str) -> int:
+    """An upper bound of :func:`count_tokens` from the text's length alone."""
+    return max_estimate_tokens(text) + TEMPLATE_TOKENS_PER_MESSAGE
+
+
 def language_name(code: str, sample: str) -> str:
     """A language to name in a prompt: ``code`` (BCP-47) or, when empty, the sample's."""
     primary = code.strip().lower().replace("_", "-").split("-")[0]
@@ -176,13 +181,15 @@ class LLMGenerator:
             stop=params.stop,
         )
 
-    def plan(self, inp: GenerationInput) -> tuple[ModelRequest, tuple[str, ...], int]:
-        """The request that fits the context window, the chunk ids kept in it, and its estimated size."""
+    def plan(self, inp: GenerationInput) -> tuple[ModelRequest, tuple[str, ...], Callable[[], int]]:
+        """The request that fits the context window, the chunk ids kept in it, and a function
+        that estimates its size (counted when first called, if fitting did not count it)."""
         max_new = self._max_new_tokens(inp.params)
         budget = self._settings.context_window - max_new
         # Fitting counts the same texts several times (each trimming step, then the final
-        # prompt); counting is a pass of regular expressions over the text (~0.6 ms for eight
-        # passages), on the way to the first token, so each distinct text is counted once.
+        # prompt); counting is a pass over the text (~30 µs for eight passages), on the way to
+        # the first token, so each distinct text is counted once, and not at all when the
+        # prompt's length alone shows that it fits (the usage estimate then comes at the end).
         counted: dict[str, int] = {}
 
         def count(text: str) -> int:
@@ -191,17 +198,21 @@ class LLMGenerator:
                 tokens = counted[text] = count_tokens(text)
             return tokens
 
-        fitted, user_turn = fit_to_budget(inp, budget, count)
+        fitted, user_turn = fit_to_budget(inp, budget, count, bound=max_count_tokens)
         dialog = make_dialog(fitted.system, fitted.history, user_turn)
-        size = sum(count(text) for text in dialog.texts)
-        if size > budget:
+        texts = dialog.texts
+
+        def estimate() -> int:
+            return sum(count(text) for text in texts)
+
+        if sum(max_count_tokens(text) for text in texts) > budget and (size := estimate()) > budget:
             raise InvalidArgument(
                 f"the system prompt and question need about {size} tokens but {self.name} has {budget} for the "
                 f"prompt (context window {self._settings.context_window} minus {max_new} for the answer): "
                 "shorten the question or lower max_new_tokens"
             )
         used = tuple(p.chunk_id for p in fitted.passages) if "{context}" in inp.user_template else ()
-        return self._request(dialog, max_new, inp.params), used, size
+        return self._request(dialog, max_new, inp.params), used, estimate
 
     async def generate(self, inp: GenerationInput) -> AsyncGenerator[GenerationEvent, None]:
         request, used, estimate = self.plan(inp)
@@ -215,7 +226,7 @@ class LLMGenerator:
                     counted += event.tokens
                     yield TokenEvent(event.text)
         yield DoneEvent(
-            prompt_tokens=finish.prompt_tokens if finish.prompt_tokens is not None else estimate,
+            prompt_tokens=finish.prompt_tokens if finish.prompt_tokens is not None else estimate(),
             completion_tokens=finish.completion_tokens if finish.completion_tokens is not None else counted,
             finish_reason=finish.finish_reason,
             used_chunk_ids=used,

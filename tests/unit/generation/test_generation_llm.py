@@ -154,7 +154,37 @@ def test_fitting_counts_each_distinct_text_once(monkeypatch: pytest.MonkeyPatch)
     )
     request, used, size = generator.plan(inp)
     assert len(counted) == len(set(counted))
-    assert 0 < len(used) < 6 and size == sum(count_tokens(t) for t in request.dialog.texts)  # it still trimmed
+    assert 0 < len(used) < 6 and size() == sum(count_tokens(t) for t in request.dialog.texts)  # it still trimmed
+    assert len(counted) == len(set(counted)), "the final estimate reuses the counts of fitting"
+
+
+async def test_a_prompt_that_fits_by_its_length_is_counted_only_for_the_usage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large window: the prompt's length shows it fits, so nothing is counted on the way to the
+    first token; the usage's estimate is counted once, after the answer."""
+    counted: list[str] = []
+
+    def counting(text: str) -> int:
+        counted.append(text)
+        return count_tokens(text)
+
+    monkeypatch.setattr(llm, "count_tokens", counting)
+    model = FakeModel(answer="Fine.")
+    generator = LLMGenerator(model, LLMSettings(context_window=16384, default_max_new_tokens=200))
+    inp = GenerationInput(
+        question="Now?",
+        system="Answer from the passages.",
+        history=HISTORY,  # type: ignore[arg-type]
+        passages=passages(6, 100),
+        user_template="{context}\n\n{question}",
+    )
+    request, used, _ = generator.plan(inp)
+    assert counted == [] and len(used) == 6
+    events = [event async for event in generator.generate(inp)]
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and done.prompt_tokens == sum(count_tokens(t) for t in request.dialog.texts)
+    assert sorted(counted) == sorted(set(request.dialog.texts)), "each text counted once, after the answer"
 
 
 async def test_a_question_too_long_for_the_window_is_invalid() -> None:

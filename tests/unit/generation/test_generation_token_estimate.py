@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.text import _estimate_tokens_regex, estimate_tokens
+from services.common.text import _estimate_tokens_regex, estimate_tokens, max_estimate_tokens
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 
@@ -72,3 +72,22 @@ def test_equals_the_regular_expressions_on_real_abstracts() -> None:
     assert any(not t.isascii() for t in texts) and any(t.isascii() for t in texts)  # both paths run
     for text in [*texts, "\n\n".join(texts[:8])]:
         assert estimate_tokens(text) == _estimate_tokens_regex(text)
+
+
+@pytest.mark.parametrize("text", [*TEXTS, "a가" * 500, "a가" * 500 + "a", "a!" * 500, "가" * 1000, "a_" * 500])
+def test_the_length_bound_holds(text: str) -> None:
+    assert estimate_tokens(text) <= max_estimate_tokens(text)
+
+
+def test_the_length_bound_is_tight_for_the_worst_text() -> None:
+    worst = "a가" * 500 + "a"  # word runs separated by Hangul: 1.2 tokens a character
+    assert max_estimate_tokens(worst) - estimate_tokens(worst) <= 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.characters(codec=None), max_size=200)
+    | st.lists(st.sampled_from(["a", "가", "!", " ", "_", "1", "é", "ㄱ", "😀"]), max_size=120).map("".join)
+)
+def test_the_length_bound_holds_on_any_text(text: str) -> None:
+    assert estimate_tokens(text) <= max_estimate_tokens(text)
