@@ -24,7 +24,7 @@ from services.common.aws import AwsConfig, make_client
 from services.common.errors import RagchatError, Unavailable
 from services.generation.backends import FinishReason
 from services.generation.backends.aws_errors import aws_error
-from services.generation.backends.llm import ModelDelta, ModelEvent, ModelFinish, ModelRequest
+from services.generation.backends.llm import ModelDelta, ModelEvent, ModelFinish, ModelRequest, merge_deltas
 from services.generation.backends.threaded import relay_blocking, shutdown_event_stream
 from services.generation.formats import converse_request
 
@@ -86,9 +86,10 @@ class BedrockChatModel:
                 lambda response: _events(response["stream"], self.name),
                 lambda response: shutdown_event_stream(response["stream"]),
                 name=self.name,
+                merge=merge_deltas,
             ):
                 if isinstance(event, ModelDelta):
-                    sent += 1
+                    sent += event.tokens
                 yield event
         except RagchatError as error:
             if sent:

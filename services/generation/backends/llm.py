@@ -102,6 +102,29 @@ class ModelFinish:
 ModelEvent = ModelDelta | ModelFinish
 
 
+def join_deltas(deltas: list[ModelDelta]) -> list[ModelDelta]:
+    """``deltas`` as one piece (none when empty)."""
+    if len(deltas) <= 1:
+        return deltas
+    return [ModelDelta("".join(delta.text for delta in deltas), sum(delta.tokens for delta in deltas))]
+
+
+def merge_deltas(events: list[ModelEvent]) -> list[ModelEvent]:
+    """``events`` with each run of consecutive deltas joined into one piece (for tokens that
+    arrived together: one message on to the caller instead of one each)."""
+    merged: list[ModelEvent] = []
+    run: list[ModelDelta] = []
+    for event in [*events, None]:
+        if isinstance(event, ModelDelta):
+            run.append(event)
+            continue
+        merged.extend(join_deltas(run))
+        run = []
+        if event is not None:
+            merged.append(event)
+    return merged
+
+
 class ChatModel(Protocol):
     """A vendor adapter: one streamed chat call.
 

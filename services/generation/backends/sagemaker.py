@@ -42,7 +42,7 @@ from services.common.aws import AwsConfig, make_client
 from services.common.errors import RagchatError, Unavailable
 from services.generation.backends import FinishReason
 from services.generation.backends.aws_errors import aws_error
-from services.generation.backends.llm import ModelDelta, ModelEvent, ModelFinish, ModelRequest
+from services.generation.backends.llm import ModelDelta, ModelEvent, ModelFinish, ModelRequest, join_deltas
 from services.generation.backends.threaded import relay_blocking, shutdown_event_stream
 from services.generation.formats import ModelFamily, jumpstart_dialog, render_prompt
 
@@ -229,8 +229,9 @@ class SageMakerChatModel:
                 lambda response: _stream_deltas(response["Body"], parser),
                 lambda response: shutdown_event_stream(response["Body"]),
                 name=self.name,
+                merge=join_deltas,
             ):
-                sent += 1
+                sent += delta.tokens
                 yield delta
             if not parser.ended:
                 raise Unavailable(

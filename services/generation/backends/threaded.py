@@ -3,7 +3,8 @@
 boto3 is synchronous: the call (with botocore's retries) and the reading of its event
 stream block. :func:`relay_blocking` runs both in a dedicated thread (not the default
 executor, whose few workers would serialise concurrent streams) and hands each item to the
-event loop as soon as it is read. When the consumer stops (its client cancelled, the
+event loop as soon as it is read (items already waiting when the consumer comes back for
+the next one may be merged, e.g. answer tokens into one piece). When the consumer stops (its client cancelled, the
 deadline passed, or the stream ended), the handle is shut down from the loop: a read
 blocked in the thread wakes up at once and the connection closes, so the model stops
 generating for nobody.
@@ -39,8 +40,12 @@ async def relay_blocking(
     close: Callable[[H], None],
     *,
     name: str,
+    merge: Callable[[list[E]], list[E]] | None = None,
 ) -> AsyncGenerator[E, None]:
     """Items of ``read(open_call())`` as they come; ``close(handle)`` when the consumer stops.
+
+    ``merge``: when several items are already waiting, they are handed on as ``merge(items)``
+    (which keeps their order); an item never waits for another.
 
     Exceptions of ``open_call`` or ``read`` are re-raised in the consumer, in order after the
     items read before them. ``close`` may be called twice (from the loop and the thread) and
@@ -79,11 +84,21 @@ async def relay_blocking(
         while True:
             kind, value = await queue.get()
             if kind == _ITEM:
-                yield value
-            elif kind == _ERROR:
+                items = [value]
+                while merge is not None and not queue.empty():
+                    kind, value = queue.get_nowait()
+                    if kind != _ITEM:
+                        break
+                    items.append(value)
+                else:
+                    kind = _ITEM
+                for item in merge(items) if len(items) > 1 and merge is not None else items:
+                    yield item
+                if kind == _ITEM:
+                    continue
+            if kind == _ERROR:
                 raise value
-            else:
-                return
+            return
     finally:
         with call.lock:
             call.stopped = True
