@@ -8,8 +8,8 @@ stream) and a realistic one (50 tokens/s), each with 64 concurrent streams, meas
 one run, path after path:
 
 * **direct**: the client reads the fake server itself, with the HTTP client, the line
-  handling and the event loop of the service's OpenAI adapter (``http_stream``, SSE lines,
-  JSON, uvloop): the reference.
+  handling, the JSON encoding and parsing and the event loop of the service's OpenAI adapter
+  (``http_stream``, SSE lines as bytes, orjson, uvloop): the reference.
 * **gRPC floor** (single stream and realistic rows): a bare ``grpc.aio`` server on uvloop
   (no interceptor, no HTTP leg, no service code) that makes the same stamped tokens itself;
   read over gRPC exactly as the relay is. Floor minus direct is what gRPC costs on its own,
@@ -60,11 +60,13 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+import orjson
 import uvloop
 from ragchat.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 
 from services.common.channels import open_channel
 from services.generation.backends.http_stream import StreamingHttpClient
+from services.generation.backends.openai_compatible import encode_json
 
 STREAMS = 64
 CONTEXT_WINDOW = 16384
@@ -234,12 +236,11 @@ async def run_direct(
         }
         pieces: list[tuple[int, str]] = []
         sent = now_ns()
-        response = await client.post("/chat/completions", json.dumps(body).encode())
+        response = await client.post("/chat/completions", encode_json(body))
         try:
             while (raw := await response.readline()) is not None:
-                line = raw.decode()
-                if line.startswith("data:") and line[5:].strip() != "[DONE]":
-                    content = json.loads(line[5:])["choices"][0]["delta"].get("content")
+                if raw.startswith(b"data:") and raw[5:].strip() != b"[DONE]":
+                    content = orjson.loads(raw[5:])["choices"][0]["delta"].get("content")
                     if content:
                         pieces.append((now_ns(), content))
         finally:
