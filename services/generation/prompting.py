@@ -31,20 +31,28 @@ def substitute(template: str, values: Mapping[str, str]) -> str:
     """
     if not values:
         return template
-    parts = _template_parts(template, tuple(values))
-    if len(parts) == 1:
+    compiled = _compiled(template, tuple(values))
+    if compiled is None:
         return template
-    # parts alternate: literal, name, literal, …, literal
-    return "".join(values[part] if i % 2 else part for i, part in enumerate(parts))
+    fmt, names = compiled
+    # str.format reads only the format made from the template; the values go in as they are.
+    return fmt.format(*[values[name] for name in names])
 
 
 @lru_cache(maxsize=256)
-def _template_parts(template: str, names: tuple[str, ...]) -> tuple[str, ...]:
-    """``template`` split once into its literal pieces and the placeholder names between them.
-
-    A request's templates are the gateway's few, so each is split once, not for every passage.
-    """
-    return tuple(_placeholders(names).split(template))
+def _compiled(template: str, names: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
+    """``template`` as a positional format string (its own braces doubled) and the names of its
+    placeholders in order; None without placeholders. A request's templates are the gateway's
+    few, so each is compiled once, not for every passage."""
+    parts = _placeholders(names).split(template)  # literal, name, literal, …, literal
+    if len(parts) == 1:
+        return None
+    literals, used = parts[0::2], tuple(parts[1::2])
+    fmt = "".join(
+        literal.replace("{", "{{").replace("}", "}}") + (f"{{{i}}}" if i < len(used) else "")
+        for i, literal in enumerate(literals)
+    )
+    return fmt, used
 
 
 @lru_cache(maxsize=64)

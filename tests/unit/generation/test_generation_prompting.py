@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from services.generation.backends import GenerationInput, Passage
 from services.generation.prompting import (
     DEFAULT_PASSAGE_TEMPLATE,
@@ -127,3 +132,17 @@ def test_a_passage_cannot_open_or_close_the_documents_block() -> None:
     assert user.count("</document>") == 1 and user.count("<document ") == 1
     assert "412 visitors." in user and "&lt;/documents>" in user, "the text stays, its tags made inert"
     assert inert("a <doc> and x < y") == "a <doc> and x < y", "only the block's own tags change"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    template=st.lists(st.sampled_from(["{n}", "{text}", "{other}", "{", "}", "{{", "}}", "x", " ", "{0}", "{n"])).map(
+        "".join
+    ),
+    n=st.text(max_size=5),
+    text=st.text(alphabet="{}0n tx\\", max_size=8),
+)
+def test_substitute_equals_a_single_regular_expression_pass(template: str, n: str, text: str) -> None:
+    values = {"n": n, "text": text}
+    expected = re.sub(r"\{(n|text)\}", lambda match: values[match.group(1)], template)
+    assert substitute(template, values) == expected
