@@ -5,7 +5,7 @@ with its emission time on the machine-wide monotonic clock), the real generation
 (``python -m services.generation`` with ``GENERATION_BACKEND=openai``) relaying it, a
 "gRPC floor" server, and this client. Two backends: a fast one (10,000 tokens/s per
 stream) and a realistic one (50 tokens/s), each with 64 concurrent streams, measured in
-one run, path after path:
+one run: each load three times (192 first tokens a path), the paths taking turns:
 
 * **direct**: the client reads the fake server itself, with the HTTP client, the line
   handling, the JSON encoding and parsing and the event loop of the service's OpenAI adapter
@@ -74,6 +74,8 @@ CONTEXT_WINDOW = 16384
 SINGLE_SAMPLES = 100
 # Seconds over which the starts of the concurrent streams are spread.
 STAGGER = 1.0
+# Times each concurrent load runs (its paths taking turns): WAVES x STREAMS first tokens a path.
+WAVES = 3
 ROOT = Path(__file__).resolve().parents[1]
 _RATE_RE = re.compile(r"bench-rate=(\d+)")
 # The realistic request with passages: the gateway's template, eight retrieved passages.
@@ -285,6 +287,10 @@ async def run_relay(
 
 
 def _merge(total: Run, run: Run) -> None:
+    for name, us in run.cpu_us.items():  # per token, weighted by tokens
+        total.cpu_us[name] = (total.cpu_us.get(name, 0.0) * total.tokens + us * run.tokens) / max(
+            1, total.tokens + run.tokens
+        )
     total.first_added_ms += run.first_added_ms
     total.token_ms += run.token_ms
     total.tokens += run.tokens
@@ -479,28 +485,31 @@ async def measure(tokens_fast: int, tokens_real: int, client_loop: str) -> int:
             rows.append(single)
             # 64 concurrent streams, their starts spread over STAGGER seconds (as users arrive).
             me = os.getpid()
+            # Each load runs WAVES times, the paths taking turns, for WAVES x 64 first tokens a path.
+            relay_pids = {"client": me, "fake": fake.pid, "service": service.pid}
+            floor_pids = {"client": me, "floor": floor_process.pid}
+            stagger = STAGGER / STREAMS
             for label, rate, tokens in (("fast", 10_000, tokens_fast), ("realistic", 50, tokens_real)):
-                stagger = STAGGER / STREAMS
-                pids = {"client": me, "fake": fake.pid, "service": service.pid}
-                direct = await with_cpu(pids, run_direct(http, rate, tokens, stagger=stagger))
-                floor_run = None
-                if rate <= 1_000:
-                    pids = {"client": me, "floor": floor_process.pid}
-                    floor_run = await with_cpu(pids, run_relay(floor, rate, tokens, stagger=stagger))
-                pids = {"client": me, "fake": fake.pid, "service": service.pid}
-                relay = await with_cpu(pids, run_relay(stub, rate, tokens, stagger=stagger))
+                row = Row(f"{label}, {STREAMS} streams", rate, tokens, Run(), Run(), Run() if rate <= 1_000 else None)
+                for _ in range(WAVES):
+                    _merge(row.direct, await with_cpu(relay_pids, run_direct(http, rate, tokens, stagger=stagger)))
+                    if row.floor is not None:
+                        _merge(row.floor, await with_cpu(floor_pids, run_relay(floor, rate, tokens, stagger=stagger)))
+                    _merge(row.relay, await with_cpu(relay_pids, run_relay(stub, rate, tokens, stagger=stagger)))
                 rss.append(rss_mb(service.pid))
-                rows.append(Row(f"{label}, {STREAMS} streams", rate, tokens, direct, relay, floor_run))
+                rows.append(row)
             # The same realistic load with the prompt of a real question: eight passages (~13 KB) that
             # the service fits to the context window and renders on the way to the first token.
             passages = bench_passages()
             messages = service_messages(50, tokens_real, passages)
-            pids = {"client": me, "fake": fake.pid, "service": service.pid}
-            direct = await with_cpu(pids, run_direct(http, 50, tokens_real, stagger=stagger, messages=messages))
-            relay = await with_cpu(pids, run_relay(stub, 50, tokens_real, stagger=stagger, passages=passages))
+            row = Row(f"realistic + {PASSAGES} passages, {STREAMS} streams", 50, tokens_real, Run(), Run())
+            for _ in range(WAVES):
+                direct = run_direct(http, 50, tokens_real, stagger=stagger, messages=messages)
+                _merge(row.direct, await with_cpu(relay_pids, direct))
+                relay = run_relay(stub, 50, tokens_real, stagger=stagger, passages=passages)
+                _merge(row.relay, await with_cpu(relay_pids, relay))
             rss.append(rss_mb(service.pid))
-            label = f"realistic + {PASSAGES} passages, {STREAMS} streams"
-            rows.append(Row(label, 50, tokens_real, direct, relay))
+            rows.append(row)
             # Memory flat: the same load again must not grow the service.
             for _ in range(3):
                 await run_relay(stub, 10_000, tokens_fast)
