@@ -135,53 +135,44 @@ async def test_budget_then_trims_the_lowest_ranked_passages() -> None:
     assert f"[{kept}] T{kept}" in request.dialog.turns[0][1] and f"[{kept + 1}]" not in request.dialog.turns[0][1]
 
 
-def test_fitting_counts_each_distinct_text_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Counting is a regex pass over the text, on the way to the first token: no text twice."""
-    counted: list[str] = []
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The texts the generator counts, in order."""
+    texts: list[str] = []
 
     def counting(text: str) -> int:
-        counted.append(text)
+        texts.append(text)
         return count_tokens(text)
 
     monkeypatch.setattr(llm, "count_tokens", counting)
+    return texts
+
+
+PASSAGES_INPUT = GenerationInput(
+    question="Now?",
+    system="Answer from the passages.",
+    history=HISTORY,  # type: ignore[arg-type]
+    passages=passages(6, 100),
+    user_template="{context}\n\n{question}",
+)
+
+
+def test_fitting_counts_each_distinct_text_once(counted: list[str]) -> None:
+    """Counting is a pass over the text, on the way to the first token: no text twice."""
     generator = LLMGenerator(FakeModel(), LLMSettings(context_window=1000, default_max_new_tokens=200))
-    inp = GenerationInput(
-        question="Now?",
-        system="Answer from the passages.",
-        history=HISTORY,  # type: ignore[arg-type]
-        passages=passages(6, 100),
-        user_template="{context}\n\n{question}",
-    )
-    request, used, size = generator.plan(inp)
-    assert len(counted) == len(set(counted))
+    request, used, size = generator.plan(PASSAGES_INPUT)
+    assert counted and len(counted) == len(set(counted))
     assert 0 < len(used) < 6 and size() == sum(count_tokens(t) for t in request.dialog.texts)  # it still trimmed
     assert len(counted) == len(set(counted)), "the final estimate reuses the counts of fitting"
 
 
-async def test_a_prompt_that_fits_by_its_length_is_counted_only_for_the_usage(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_prompt_that_fits_by_its_length_is_counted_only_for_the_usage(counted: list[str]) -> None:
     """A large window: the prompt's length shows it fits, so nothing is counted on the way to the
     first token; the usage's estimate is counted once, after the answer."""
-    counted: list[str] = []
-
-    def counting(text: str) -> int:
-        counted.append(text)
-        return count_tokens(text)
-
-    monkeypatch.setattr(llm, "count_tokens", counting)
-    model = FakeModel(answer="Fine.")
-    generator = LLMGenerator(model, LLMSettings(context_window=16384, default_max_new_tokens=200))
-    inp = GenerationInput(
-        question="Now?",
-        system="Answer from the passages.",
-        history=HISTORY,  # type: ignore[arg-type]
-        passages=passages(6, 100),
-        user_template="{context}\n\n{question}",
-    )
-    request, used, _ = generator.plan(inp)
+    generator = LLMGenerator(FakeModel(answer="Fine."), LLMSettings(context_window=16384, default_max_new_tokens=200))
+    request, used, _ = generator.plan(PASSAGES_INPUT)
     assert counted == [] and len(used) == 6
-    events = [event async for event in generator.generate(inp)]
+    events = [event async for event in generator.generate(PASSAGES_INPUT)]
     done = events[-1]
     assert isinstance(done, DoneEvent) and done.prompt_tokens == sum(count_tokens(t) for t in request.dialog.texts)
     assert sorted(counted) == sorted(set(request.dialog.texts)), "each text counted once, after the answer"
