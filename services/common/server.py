@@ -12,6 +12,7 @@ tracing on (``OTEL_ENABLED``) for the life of the server.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -135,6 +136,12 @@ async def serve_until_signalled(
     try:
         server = GrpcServer(app, config)
         await server.start()
+        # What start-up built (modules, models, clients, caches) lives as long as the process:
+        # frozen, the cyclic collector no longer walks it, and a full collection stops being a
+        # pause of ~5 ms for every call and stream in flight.
+        gc.collect()
+        gc.freeze()
+        log.info("start-up objects frozen", extra={"frozen_objects": gc.get_freeze_count()})
         await stop.wait()
         log.info("signal received, shutting down")
         await server.stop()

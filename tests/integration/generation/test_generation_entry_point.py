@@ -72,6 +72,9 @@ async def test_the_service_process_runs_on_uvloop_relays_and_stops_on_sigterm(tm
             listening = await asyncio.wait_for(next_log(process.stdout, "listening"), 30)
             assert (listening["port"], listening["event_loop"]) == (port, "uvloop")
             await asyncio.wait_for(next_log(process.stdout, "serving"), 30)
+            # Start-up's objects are out of the collector's reach (no full-collection pauses).
+            frozen = await asyncio.wait_for(next_log(process.stdout, "start-up objects frozen"), 30)
+            assert frozen["frozen_objects"] > 10_000
             channel = open_channel(f"127.0.0.1:{port}")
             try:
                 stub = generation_pb2_grpc.GenerationServiceStub(channel)
