@@ -83,22 +83,34 @@ def render_passage(template: str, n: int, passage: Passage) -> str:
     return substitute(template or DEFAULT_PASSAGE_TEMPLATE, values)
 
 
+def render_passages(passages: Sequence[Passage], passage_template: str) -> list[str]:
+    """Every passage rendered, in order, numbered from 1."""
+    return [render_passage(passage_template, n, passage) for n, passage in enumerate(passages, start=1)]
+
+
 def render_context(passages: Sequence[Passage], passage_template: str) -> str:
     """Every passage rendered in order, numbered from 1, separated by a blank line."""
-    return PASSAGE_SEPARATOR.join(
-        render_passage(passage_template, n, passage) for n, passage in enumerate(passages, start=1)
-    )
+    return PASSAGE_SEPARATOR.join(render_passages(passages, passage_template))
+
+
+def uses_context(user_template: str) -> bool:
+    return bool(user_template) and "{context}" in user_template
+
+
+def fill_user_turn(question: str, rendered: Sequence[str], user_template: str) -> str:
+    """The final user turn from passages already rendered: ``user_template`` with "{context}"
+    and "{question}" filled in; an empty ``user_template`` means the question alone (the
+    contract of GenerateRequest)."""
+    if not user_template:
+        return question
+    context = PASSAGE_SEPARATOR.join(rendered) if "{context}" in user_template else ""
+    return substitute(user_template, {"context": context, "question": question})
 
 
 def render_user_turn(question: str, passages: Sequence[Passage], user_template: str, passage_template: str) -> str:
-    """The final user turn: ``user_template`` with "{context}" and "{question}" filled in.
-
-    An empty ``user_template`` means the question alone (the contract of GenerateRequest).
-    """
-    if not user_template:
-        return question
-    context = render_context(passages, passage_template) if "{context}" in user_template else ""
-    return substitute(user_template, {"context": context, "question": question})
+    """The final user turn: ``user_template`` with "{context}" and "{question}" filled in."""
+    rendered = render_passages(passages, passage_template) if uses_context(user_template) else []
+    return fill_user_turn(question, rendered, user_template)
 
 
 def count_words(text: str) -> int:
@@ -133,18 +145,10 @@ def fit_to_budget(
     Each passage is rendered once: trimming drops passages from the end, so the numbers of
     those kept never change, and every candidate's context is a prefix of the same pieces.
     """
-    uses_context = bool(inp.user_template) and "{context}" in inp.user_template
-    pieces = (
-        [render_passage(inp.passage_template, n, p) for n, p in enumerate(inp.passages, start=1)]
-        if uses_context
-        else []
-    )
+    pieces = render_passages(inp.passages, inp.passage_template) if uses_context(inp.user_template) else []
 
     def turn_of(candidate: GenerationInput) -> str:
-        if not candidate.user_template:
-            return candidate.question
-        context = PASSAGE_SEPARATOR.join(pieces[: len(candidate.passages)]) if uses_context else ""
-        return substitute(candidate.user_template, {"context": context, "question": candidate.question})
+        return fill_user_turn(candidate.question, pieces[: len(candidate.passages)], candidate.user_template)
 
     def size(candidate: GenerationInput, turn: str) -> int:
         return (
@@ -178,9 +182,12 @@ __all__ = [
     "PASSAGE_SEPARATOR",
     "Fitted",
     "count_words",
+    "fill_user_turn",
     "fit_to_budget",
     "render_context",
     "render_passage",
+    "render_passages",
     "render_user_turn",
     "substitute",
+    "uses_context",
 ]

@@ -216,6 +216,7 @@ class OpenAIChatModel:
         completion_tokens: int | None = None
         event_name = ""
         pending: list[str] = []  # tokens read but not yet handed on
+        done = False
         try:
             raw = await response.readline()
             while raw is not None:
@@ -224,40 +225,39 @@ class OpenAIChatModel:
                 elif raw.startswith(b"data:"):
                     data = raw[5:].strip()
                     if data == b"[DONE]":
-                        if pending:
-                            sent += len(pending)
-                            yield ModelDelta("".join(pending), len(pending))
-                            pending.clear()
-                        await _drain(response)
-                        break
-                    try:
-                        chunk = self._parse(data, event_name, sent + len(pending))
-                    except Unavailable:
-                        if pending:  # the answer so far, then the server's error
-                            sent += len(pending)
-                            yield ModelDelta("".join(pending), len(pending))
-                        raise
-                    usage = chunk.get("usage")
-                    if isinstance(usage, dict):
-                        prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
-                        completion_tokens = usage.get("completion_tokens", completion_tokens)
-                    for choice in chunk.get("choices") or ():
-                        content = (choice.get("delta") or {}).get("content")
-                        if content:
-                            pending.append(content)
-                        if choice.get("finish_reason"):
-                            reason = _FINISH_REASONS.get(choice["finish_reason"], "stop")
+                        done = True
+                    else:
+                        try:
+                            chunk = self._parse(data, event_name, sent + len(pending))
+                        except Unavailable:
+                            if pending:  # the answer so far, then the server's error
+                                sent += len(pending)
+                                yield ModelDelta("".join(pending), len(pending))
+                            raise
+                        usage = chunk.get("usage")
+                        if isinstance(usage, dict):
+                            prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
+                            completion_tokens = usage.get("completion_tokens", completion_tokens)
+                        for choice in chunk.get("choices") or ():
+                            content = (choice.get("delta") or {}).get("content")
+                            if content:
+                                pending.append(content)
+                            if choice.get("finish_reason"):
+                                reason = _FINISH_REASONS.get(choice["finish_reason"], "stop")
                 elif raw.startswith(b"event:"):
                     event_name = raw[6:].strip().decode("utf-8", "replace")
                 # else: comments (": keep-alive"), ids, retry hints
                 # Tokens that arrived together (the caller was busy sending the previous ones) go
                 # on as one piece; a token is never held back waiting for another.
-                raw = response.buffered_line()
+                raw = None if done else response.buffered_line()
                 if raw is None:
                     if pending:
                         sent += len(pending)
                         yield ModelDelta("".join(pending), len(pending))
                         pending.clear()
+                    if done:
+                        await _drain(response)
+                        break
                     raw = await response.readline()
         except ReadTimeout as error:
             raise Unavailable(

@@ -4,10 +4,10 @@ boto3 is synchronous: the call (with botocore's retries) and the reading of its 
 stream block. :func:`relay_blocking` runs both in a dedicated thread (not the default
 executor, whose few workers would serialise concurrent streams) and hands each item to the
 event loop as soon as it is read (items already waiting when the consumer comes back for
-the next one may be merged, e.g. answer tokens into one piece). When the consumer stops (its client cancelled, the
-deadline passed, or the stream ended), the handle is shut down from the loop: a read
-blocked in the thread wakes up at once and the connection closes, so the model stops
-generating for nobody.
+the next one may be merged, e.g. answer tokens into one piece). When the consumer stops
+(its client cancelled, the deadline passed, or the stream ended), the handle is shut down
+from the loop: a read blocked in the thread wakes up at once and the connection closes,
+so the model stops generating for nobody.
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ async def relay_blocking(
                     if kind != _ITEM:
                         break
                     items.append(value)
-                else:
-                    kind = _ITEM
-                for item in merge(items) if len(items) > 1 and merge is not None else items:
+                if merge is not None and len(items) > 1:
+                    items = merge(items)
+                for item in items:
                     yield item
                 if kind == _ITEM:
                     continue
