@@ -248,12 +248,15 @@ class GatewayClient:
             for start in range(0, len(data), CHUNK_BYTES):
                 yield gateway_pb2.UploadDocumentRequest(data=data[start : start + CHUNK_BYTES])
 
+        return await self._send_upload(parts())
+
+    async def _send_upload(self, parts: AsyncIterator[gateway_pb2.UploadDocumentRequest]) -> ingest_pb2.UploadResponse:
         try:
             # send_stream writes the parts itself: when the gateway refuses the file while it is still
             # being sent, the error is the gateway's reason, not gRPC's INTERNAL (grpc/grpc#36066).
             # No deadline: the transfer takes as long as the file needs.
             call = self._stub().UploadDocument(metadata=self._metadata)
-            response: ingest_pb2.UploadResponse = await send_stream(call, parts())
+            response: ingest_pb2.UploadResponse = await send_stream(call, parts)
         except grpc.aio.AioRpcError as error:
             raise self._error(error) from None
         return response
@@ -279,13 +282,9 @@ class GatewayClient:
                 yield gateway_pb2.UploadDocumentRequest(data=piece)
 
         try:
-            call = self._stub().UploadDocument(metadata=self._metadata)
-            response: ingest_pb2.UploadResponse = await send_stream(call, parts())
-        except grpc.aio.AioRpcError as error:
-            raise self._error(error) from None
+            return await self._send_upload(parts())
         finally:
             handle.close()
-        return response
 
     async def create_upload(self, header: gateway_pb2.UploadDocumentHeader) -> ingest_pb2.CreateUploadResponse:
         """A presigned URL to PUT the file to (FAILED_PRECONDITION when the store takes no direct uploads)."""
